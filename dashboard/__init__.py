@@ -1,0 +1,1 @@
+"""foundry-watch dashboard package."""
