@@ -1,0 +1,158 @@
+"""The ``foundry-watch`` command line.
+
+The global callback builds the settings once and hands them to every command through the Typer
+context. Expected failures (bad config, unreachable database, old schema) end in one line on
+stderr and a documented exit code, never a traceback: 0 ok, 1 failure, 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from collector.status import StoreStatus, read_status
+from models.db import DatabaseUnavailable, check_connection, make_engine, safe_url
+from models.migrations import SchemaOutOfDate, upgrade
+from models.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="foundry-watch",
+    help="Watch latency, errors, 429s and spend of Claude deployments on Microsoft Foundry.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+
+
+class Failure(Exception):
+    """An expected failure of a command: printed as one line, exit code 1."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"foundry-watch {package_version('foundry-watch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def configure(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML config file (else $FOUNDRY_WATCH_CONFIG)."),
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Overrides $DATABASE_URL.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="DEBUG|INFO|…")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Full error detail.")] = False,
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Build the settings once; every command reads them from the context."""
+    settings = load_settings(config, database_url=database_url, log_level=log_level)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if not verbose:
+        # Alembic narrates every connection at INFO; the commands say what changed themselves.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.obj = settings
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.find_root().obj
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the schema to the version this code needs."""
+    settings = _settings(ctx)
+    engine = make_engine(settings.database_url)
+    check_connection(engine)
+    before, after = upgrade(engine)
+    where = safe_url(settings.database_url)
+    if before == after:
+        out.print(f"schema already at {after} in {where}")
+    else:
+        out.print(f"schema upgraded {before or '(empty)'} -> {after} in {where}")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Schema version, row counts and the last collector run per source."""
+    settings = _settings(ctx)
+    report = read_status(make_engine(settings.database_url))
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    _print_status(report)
+
+
+def _print_status(report: StoreStatus) -> None:
+    out.print(f"database: {report.database}")
+    schema = report.schema_revision or "(none)"
+    note = "" if report.schema_current else f"  [yellow]code needs {report.schema_head}[/]"
+    out.print(f"schema:   {schema}{note}")
+    counts = Table("table", "rows", title="Store")
+    for name, count in report.row_counts.items():
+        counts.add_row(name, f"{count:,}")
+    out.print(counts)
+    runs = Table("source", "scope", "status", "finished", "rows", "error", title="Last runs")
+    for run in report.last_runs:
+        runs.add_row(
+            run["job"],
+            run["scope"],
+            run["status"],
+            run["finished_at"] or "-",
+            str(run["rows"]),
+            run["error"],
+        )
+    if not report.last_runs:
+        runs.add_row("-", "-", "no collector runs yet", "-", "-", "-")
+    out.print(runs)
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Set up the embedded store (SQLite by default) and show what is in it."""
+    settings = _settings(ctx)
+    engine = make_engine(settings.database_url)
+    check_connection(engine)
+    before, after = upgrade(engine)
+    out.print(f"[bold]store[/]: {safe_url(settings.database_url)}")
+    out.print(f"schema: {before or '(empty)'} -> {after}")
+    _print_status(read_status(engine))
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning expected failures into one line."""
+    try:
+        app()
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}", 2)
+    except (DatabaseUnavailable, SchemaOutOfDate, Failure) as exc:
+        _fail(str(exc), 1)
+
+
+def _fail(message: str, code: int) -> None:
+    # Plain write, not rich: a terminal-width wrap would break the one-line contract.
+    sys.stderr.write(f"foundry-watch: {message}\n")
+    sys.exit(code)
