@@ -13,6 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, Engine, Table, UniqueConstraint, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -55,7 +56,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the folder {folder} for the SQLite database: {exc.strerror}"
+                ) from None
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -128,6 +135,8 @@ def upsert(
         updates = [c for c in (update if update is not None else columns) if c not in key]
         if connection.dialect.name == "postgresql" and len(batch) >= PG_COPY_MIN_ROWS:
             _pg_copy_upsert(connection, target, batch, columns, key, updates)
+        elif connection.dialect.name == "sqlite":
+            _sqlite_executemany(connection, target, batch, columns, key, updates)
         else:
             connection.execute(_upsert_statement(connection, target, key, updates), batch)
         written += len(batch)
@@ -146,6 +155,46 @@ def _upsert_statement(
     )
 
 
+def _sqlite_executemany(
+    connection: Connection,
+    target: Table,
+    batch: list[Mapping[str, Any]],
+    columns: Sequence[str],
+    key: Sequence[str],
+    updates: Sequence[str],
+) -> None:
+    """Driver ``executemany`` over plain tuples, new rows first.
+
+    SQLAlchemy's generic per-row parameter handling costs more than SQLite's insert itself, and
+    an ``ON CONFLICT DO UPDATE`` that may rewrite a foreign-key column makes SQLite do
+    foreign-key work on every row (3x slower). So: insert-or-ignore, and only if some rows
+    already existed, run the full upsert over the batch (re-writing the new rows with the same
+    values). Values still pass through each column type's bind processor: storage is identical.
+    """
+    defaults = _absent_defaults(target, columns)
+    columns = [*columns, *defaults]
+    upsert_sql = _upsert_statement(connection, target, key, updates).compile(
+        dialect=connection.dialect, column_keys=columns
+    )
+    insert_sql = _upsert_statement(connection, target, key, []).compile(
+        dialect=connection.dialect, column_keys=columns
+    )
+    processors = upsert_sql._bind_processors
+    getters = [(name, processors.get(name)) for name in upsert_sql.positiontup or []]
+    assert [name for name, _ in getters] == list(insert_sql.positiontup or []), "same order"
+    params = [
+        tuple(
+            (proc(value) if proc else value)
+            for name, proc in getters
+            for value in ((row[name] if name in row else defaults[name]),)
+        )
+        for row in batch
+    ]
+    inserted = connection.exec_driver_sql(str(insert_sql), params).rowcount
+    if updates and inserted != len(params):
+        connection.exec_driver_sql(str(upsert_sql), params)
+
+
 def _copy_converters(target: Table, columns: Sequence[str], dialect: Any) -> list[Callable]:
     """Per-column value converters for COPY, applying the same rules as bound parameters."""
     converters: list[Callable] = []
@@ -160,6 +209,28 @@ def _copy_converters(target: Table, columns: Sequence[str], dialect: Any) -> lis
     return converters
 
 
+def _absent_defaults(target: Table, columns: Sequence[str]) -> dict[str, Any]:
+    """Python-side insert defaults of the columns a batch does not carry."""
+    defaults: dict[str, Any] = {}
+    for col in target.columns:
+        if col.name in columns or col.default is None:
+            continue
+        default = col.default
+        if default.is_scalar:
+            defaults[col.name] = default.arg
+        elif default.is_callable:
+            defaults[col.name] = default.arg(None)
+    return defaults
+
+
+def _copy_rows(cursor: Any, table: str, target: Table, batch, columns, dialect) -> None:
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    converters = _copy_converters(target, columns, dialect)
+    with cursor.copy(f'COPY "{table}" ({quoted}) FROM STDIN') as copy:
+        for row in batch:
+            copy.write_row([conv(row[c]) for conv, c in zip(converters, columns, strict=True)])
+
+
 def _pg_copy_upsert(
     connection: Connection,
     target: Table,
@@ -168,14 +239,27 @@ def _pg_copy_upsert(
     key: Sequence[str],
     updates: Sequence[str],
 ) -> None:
-    """COPY the batch into a session-local staging table, then merge it with one statement.
+    """COPY straight into the table; if some rows already exist, merge through a stage table.
 
-    Row-by-row ``executemany`` costs a round trip per few rows; COPY streams the batch.
+    Row-by-row ``executemany`` costs a round trip per few rows; COPY streams the batch. New
+    data (a backfill, a fresh window) takes the direct COPY under a savepoint; a key conflict
+    rolls that back and the batch is COPYed into a session-local stage and merged with one
+    ``INSERT … SELECT … ON CONFLICT``.
     """
+    # executemany applies the columns' Python-side defaults to absent columns; COPY must too.
+    defaults = _absent_defaults(target, columns)
+    columns = [*columns, *defaults]
+    batch = [{**row, **defaults} for row in batch] if defaults else batch
+    driver = connection.connection.driver_connection
+    dialect = connection.dialect
+    try:
+        with connection.begin_nested(), driver.cursor() as cur:
+            _copy_rows(cur, target.name, target, batch, columns, dialect)
+        return
+    except UniqueViolation:
+        pass  # some rows exist already: merge
     stage = f"_fw_stage_{target.name}"
     quoted = ", ".join(f'"{c}"' for c in columns)
-    driver = connection.connection.driver_connection
-    converters = _copy_converters(target, columns, connection.dialect)
     conflict = ", ".join(f'"{k}"' for k in key)
     action = (
         "DO UPDATE SET " + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in updates)
@@ -184,12 +268,9 @@ def _pg_copy_upsert(
     )
     with driver.cursor() as cur:
         cur.execute(
-            f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" AS '
-            f'SELECT {quoted} FROM "{target.name}" WITH NO DATA'
+            f'CREATE TEMP TABLE "{stage}" AS SELECT {quoted} FROM "{target.name}" WITH NO DATA'
         )
-        with cur.copy(f'COPY "{stage}" ({quoted}) FROM STDIN') as copy:
-            for row in batch:
-                copy.write_row([conv(row[c]) for conv, c in zip(converters, columns, strict=True)])
+        _copy_rows(cur, stage, target, batch, columns, dialect)
         cur.execute(
             f'INSERT INTO "{target.name}" ({quoted}) SELECT {quoted} FROM "{stage}" '
             f"ON CONFLICT ({conflict}) {action}"

@@ -57,10 +57,10 @@ class Resource(Base):
     resource_group: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(128))
     location: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(64), default="AIServices")
-    endpoint: Mapped[str] = mapped_column(String(512), default="")
-    workspace_arm_id: Mapped[str] = mapped_column(String(512), default="")
-    workspace_customer_id: Mapped[str] = mapped_column(String(64), default="")
+    kind: Mapped[str] = mapped_column(String(64), default="AIServices", server_default="AIServices")
+    endpoint: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    workspace_arm_id: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    workspace_customer_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -75,10 +75,12 @@ class Deployment(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(128))
-    model_name: Mapped[str] = mapped_column(String(128), default="", index=True)
-    model_version: Mapped[str] = mapped_column(String(64), default="")
-    model_format: Mapped[str] = mapped_column(String(64), default="Anthropic")
-    sku_name: Mapped[str] = mapped_column(String(64), default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="", server_default="", index=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    model_format: Mapped[str] = mapped_column(
+        String(64), default="Anthropic", server_default="Anthropic"
+    )
+    sku_name: Mapped[str] = mapped_column(String(64), default="", server_default="")
     capacity: Mapped[int | None] = mapped_column(Integer)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
@@ -96,7 +98,11 @@ class MetricPoint(Base):
     minute: Mapped[datetime] = mapped_column(primary_key=True)
     metric: Mapped[str] = mapped_column(String(64), primary_key=True)
     status_code: Mapped[str] = mapped_column(
-        String(8), primary_key=True, default="", comment="'' when the metric has no status split"
+        String(8),
+        primary_key=True,
+        default="",
+        server_default="",
+        comment="'' when the metric has no status split",
     )
     total: Mapped[float | None] = mapped_column(Float)
     count: Mapped[float | None] = mapped_column(Float)
@@ -119,15 +125,17 @@ class Request(Base):
     correlation_id: Mapped[str] = mapped_column(
         String(64), unique=True, comment="Azure CorrelationId == apim-request-id"
     )
-    request_id: Mapped[str] = mapped_column(String(64), default="", comment="Anthropic req_…")
+    request_id: Mapped[str] = mapped_column(
+        String(64), default="", server_default="", comment="Anthropic req_…"
+    )
     time: Mapped[datetime]
     resource_id: Mapped[int | None] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
     deployment_id: Mapped[int | None] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE")
     )
-    deployment_name: Mapped[str] = mapped_column(String(128), default="")
-    model_name: Mapped[str] = mapped_column(String(128), default="")
-    operation_name: Mapped[str] = mapped_column(String(128), default="")
+    deployment_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    operation_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
     status_code: Mapped[int] = mapped_column(Integer)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
@@ -137,8 +145,10 @@ class Request(Base):
     cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
     cache_write_5m_tokens: Mapped[int | None] = mapped_column(Integer)
     cache_write_1h_tokens: Mapped[int | None] = mapped_column(Integer)
-    caller_ip: Mapped[str] = mapped_column(String(64), default="")
-    source: Mapped[str] = mapped_column(String(16), default="logs", comment="logs|capture|both")
+    caller_ip: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    source: Mapped[str] = mapped_column(
+        String(16), default="logs", server_default="logs", comment="logs|capture|both"
+    )
 
 
 class LatencyRollup(Base):
@@ -183,14 +193,18 @@ class Cost(Base):
     scope: Mapped[str] = mapped_column(String(512))
     cost_type: Mapped[str] = mapped_column(String(32), comment="ActualCost|AmortizedCost")
     day: Mapped[date] = mapped_column(Date)
-    resource_group: Mapped[str] = mapped_column(String(128), default="", comment="lower-cased")
-    resource_arm_id: Mapped[str] = mapped_column(String(512), default="", comment="lower-cased")
-    meter: Mapped[str] = mapped_column(String(256), default="")
-    meter_category: Mapped[str] = mapped_column(String(128), default="")
-    service_name: Mapped[str] = mapped_column(String(128), default="")
-    publisher_type: Mapped[str] = mapped_column(String(64), default="")
-    charge_type: Mapped[str] = mapped_column(String(64), default="")
-    model_name: Mapped[str] = mapped_column(String(128), default="", index=True)
+    resource_group: Mapped[str] = mapped_column(
+        String(128), default="", server_default="", comment="lower-cased"
+    )
+    resource_arm_id: Mapped[str] = mapped_column(
+        String(512), default="", server_default="", comment="lower-cased"
+    )
+    meter: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    meter_category: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    service_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    publisher_type: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    charge_type: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="", server_default="", index=True)
     cost: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(String(8))
     fetched_at: Mapped[datetime]
@@ -202,7 +216,7 @@ class Price(Base):
     __tablename__ = "prices"
 
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    currency: Mapped[str] = mapped_column(String(8), default="USD")
+    currency: Mapped[str] = mapped_column(String(8), default="USD", server_default="USD")
     input_per_mtok: Mapped[Decimal]
     output_per_mtok: Mapped[Decimal]
     cache_write_5m_per_mtok: Mapped[Decimal]
@@ -218,13 +232,13 @@ class Budget(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    scope_kind: Mapped[str] = mapped_column(String(32), default="all")
-    scope_pattern: Mapped[str] = mapped_column(String(512), default="*")
+    scope_kind: Mapped[str] = mapped_column(String(32), default="all", server_default="all")
+    scope_pattern: Mapped[str] = mapped_column(String(512), default="*", server_default="*")
     amount: Mapped[Decimal]
-    currency: Mapped[str] = mapped_column(String(8), default="USD")
+    currency: Mapped[str] = mapped_column(String(8), default="USD", server_default="USD")
     thresholds: Mapped[dict[str, Any]] = mapped_column(JSON, comment='{"percent": [50, 80, 100]}')
-    spend_basis: Mapped[str] = mapped_column(String(32), default="billed")
-    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    spend_basis: Mapped[str] = mapped_column(String(32), default="billed", server_default="billed")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     channels: Mapped[dict[str, Any]] = mapped_column(JSON, comment='{"names": [...]}')
 
 
@@ -241,7 +255,7 @@ class AlertEvent(Base):
     kind: Mapped[str] = mapped_column(String(32), comment="actual|forecast|firing|resolved")
     fired_at: Mapped[datetime]
     value: Mapped[float | None] = mapped_column(Float)
-    message: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="", server_default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -255,8 +269,8 @@ class AlertDelivery(Base):
     alert_event_id: Mapped[int] = mapped_column(ForeignKey("alert_events.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), comment="pending|sent|failed")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
     delivered_at: Mapped[datetime | None]
 
 
@@ -279,16 +293,16 @@ class CollectorRun(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     job: Mapped[str] = mapped_column(String(32))
-    scope: Mapped[str] = mapped_column(String(512), default="")
+    scope: Mapped[str] = mapped_column(String(512), default="", server_default="")
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16), comment="running|ok|partial|failed")
-    rows: Mapped[int] = mapped_column(Integer, default=0)
-    api_calls: Mapped[int] = mapped_column(Integer, default=0)
+    rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    api_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     duration_ms: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 #: Tables a user may count in ``foundry-watch status``, in the order they are shown.

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 14:12:58.554360
+Create Date: 2026-11-25 14:17:55.689268
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,6 @@ from alembic import op
 
 import models.types
 from models.prices import list_prices
-
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -44,7 +43,7 @@ def upgrade() -> None:
         ),
         sa.Column("fired_at", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
-        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("message", sa.Text(), server_default="", nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_events")),
         sa.UniqueConstraint(
@@ -59,13 +58,13 @@ def upgrade() -> None:
         "budgets",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("scope_kind", sa.String(length=32), nullable=False),
-        sa.Column("scope_pattern", sa.String(length=512), nullable=False),
+        sa.Column("scope_kind", sa.String(length=32), server_default="all", nullable=False),
+        sa.Column("scope_pattern", sa.String(length=512), server_default="*", nullable=False),
         sa.Column("amount", sa.Numeric(precision=18, scale=6), nullable=False),
-        sa.Column("currency", sa.String(length=8), nullable=False),
+        sa.Column("currency", sa.String(length=8), server_default="USD", nullable=False),
         sa.Column("thresholds", sa.JSON(), nullable=False, comment='{"percent": [50, 80, 100]}'),
-        sa.Column("spend_basis", sa.String(length=32), nullable=False),
-        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("spend_basis", sa.String(length=32), server_default="billed", nullable=False),
+        sa.Column("timezone", sa.String(length=64), server_default="UTC", nullable=False),
         sa.Column("channels", sa.JSON(), nullable=False, comment='{"names": [...]}'),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budgets")),
         sa.UniqueConstraint("name", name=op.f("uq_budgets_name")),
@@ -74,7 +73,7 @@ def upgrade() -> None:
         "collector_runs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("job", sa.String(length=32), nullable=False),
-        sa.Column("scope", sa.String(length=512), nullable=False),
+        sa.Column("scope", sa.String(length=512), server_default="", nullable=False),
         sa.Column("window_start", models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("window_end", models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("started_at", models.types.UTCDateTime(timezone=True), nullable=False),
@@ -82,10 +81,10 @@ def upgrade() -> None:
         sa.Column(
             "status", sa.String(length=16), nullable=False, comment="running|ok|partial|failed"
         ),
-        sa.Column("rows", sa.Integer(), nullable=False),
-        sa.Column("api_calls", sa.Integer(), nullable=False),
+        sa.Column("rows", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("api_calls", sa.Integer(), server_default="0", nullable=False),
         sa.Column("duration_ms", sa.Float(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), server_default="", nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_collector_runs")),
     )
     with op.batch_alter_table("collector_runs", schema=None) as batch_op:
@@ -101,14 +100,26 @@ def upgrade() -> None:
             "cost_type", sa.String(length=32), nullable=False, comment="ActualCost|AmortizedCost"
         ),
         sa.Column("day", sa.Date(), nullable=False),
-        sa.Column("resource_group", sa.String(length=128), nullable=False, comment="lower-cased"),
-        sa.Column("resource_arm_id", sa.String(length=512), nullable=False, comment="lower-cased"),
-        sa.Column("meter", sa.String(length=256), nullable=False),
-        sa.Column("meter_category", sa.String(length=128), nullable=False),
-        sa.Column("service_name", sa.String(length=128), nullable=False),
-        sa.Column("publisher_type", sa.String(length=64), nullable=False),
-        sa.Column("charge_type", sa.String(length=64), nullable=False),
-        sa.Column("model_name", sa.String(length=128), nullable=False),
+        sa.Column(
+            "resource_group",
+            sa.String(length=128),
+            server_default="",
+            nullable=False,
+            comment="lower-cased",
+        ),
+        sa.Column(
+            "resource_arm_id",
+            sa.String(length=512),
+            server_default="",
+            nullable=False,
+            comment="lower-cased",
+        ),
+        sa.Column("meter", sa.String(length=256), server_default="", nullable=False),
+        sa.Column("meter_category", sa.String(length=128), server_default="", nullable=False),
+        sa.Column("service_name", sa.String(length=128), server_default="", nullable=False),
+        sa.Column("publisher_type", sa.String(length=64), server_default="", nullable=False),
+        sa.Column("charge_type", sa.String(length=64), server_default="", nullable=False),
+        sa.Column("model_name", sa.String(length=128), server_default="", nullable=False),
         sa.Column("cost", sa.Numeric(precision=18, scale=6), nullable=False),
         sa.Column("currency", sa.String(length=8), nullable=False),
         sa.Column("fetched_at", models.types.UTCDateTime(timezone=True), nullable=False),
@@ -134,7 +145,7 @@ def upgrade() -> None:
     prices = op.create_table(
         "prices",
         sa.Column("model_name", sa.String(length=128), nullable=False),
-        sa.Column("currency", sa.String(length=8), nullable=False),
+        sa.Column("currency", sa.String(length=8), server_default="USD", nullable=False),
         sa.Column("input_per_mtok", sa.Numeric(precision=18, scale=6), nullable=False),
         sa.Column("output_per_mtok", sa.Numeric(precision=18, scale=6), nullable=False),
         sa.Column("cache_write_5m_per_mtok", sa.Numeric(precision=18, scale=6), nullable=False),
@@ -151,10 +162,10 @@ def upgrade() -> None:
         sa.Column("resource_group", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("location", sa.String(length=64), nullable=False),
-        sa.Column("kind", sa.String(length=64), nullable=False),
-        sa.Column("endpoint", sa.String(length=512), nullable=False),
-        sa.Column("workspace_arm_id", sa.String(length=512), nullable=False),
-        sa.Column("workspace_customer_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=64), server_default="AIServices", nullable=False),
+        sa.Column("endpoint", sa.String(length=512), server_default="", nullable=False),
+        sa.Column("workspace_arm_id", sa.String(length=512), server_default="", nullable=False),
+        sa.Column("workspace_customer_id", sa.String(length=64), server_default="", nullable=False),
         sa.Column("first_seen", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_seen", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("deleted_at", models.types.UTCDateTime(timezone=True), nullable=True),
@@ -182,8 +193,8 @@ def upgrade() -> None:
         ),
         sa.Column("channel", sa.String(length=128), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False, comment="pending|sent|failed"),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_error", sa.Text(), server_default="", nullable=False),
         sa.Column("delivered_at", models.types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["alert_event_id"],
@@ -203,10 +214,10 @@ def upgrade() -> None:
             "resource_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("model_name", sa.String(length=128), nullable=False),
-        sa.Column("model_version", sa.String(length=64), nullable=False),
-        sa.Column("model_format", sa.String(length=64), nullable=False),
-        sa.Column("sku_name", sa.String(length=64), nullable=False),
+        sa.Column("model_name", sa.String(length=128), server_default="", nullable=False),
+        sa.Column("model_version", sa.String(length=64), server_default="", nullable=False),
+        sa.Column("model_format", sa.String(length=64), server_default="Anthropic", nullable=False),
+        sa.Column("sku_name", sa.String(length=64), server_default="", nullable=False),
         sa.Column("capacity", sa.Integer(), nullable=True),
         sa.Column("first_seen", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_seen", models.types.UTCDateTime(timezone=True), nullable=False),
@@ -255,6 +266,7 @@ def upgrade() -> None:
         sa.Column(
             "status_code",
             sa.String(length=8),
+            server_default="",
             nullable=False,
             comment="'' when the metric has no status split",
         ),
@@ -282,7 +294,13 @@ def upgrade() -> None:
             nullable=False,
             comment="Azure CorrelationId == apim-request-id",
         ),
-        sa.Column("request_id", sa.String(length=64), nullable=False, comment="Anthropic req_…"),
+        sa.Column(
+            "request_id",
+            sa.String(length=64),
+            server_default="",
+            nullable=False,
+            comment="Anthropic req_…",
+        ),
         sa.Column("time", models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "resource_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
@@ -290,9 +308,9 @@ def upgrade() -> None:
         sa.Column(
             "deployment_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
-        sa.Column("deployment_name", sa.String(length=128), nullable=False),
-        sa.Column("model_name", sa.String(length=128), nullable=False),
-        sa.Column("operation_name", sa.String(length=128), nullable=False),
+        sa.Column("deployment_name", sa.String(length=128), server_default="", nullable=False),
+        sa.Column("model_name", sa.String(length=128), server_default="", nullable=False),
+        sa.Column("operation_name", sa.String(length=128), server_default="", nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=False),
         sa.Column("duration_ms", sa.Float(), nullable=True),
         sa.Column("ttft_ms", sa.Float(), nullable=True),
@@ -302,8 +320,14 @@ def upgrade() -> None:
         sa.Column("cache_read_tokens", sa.Integer(), nullable=True),
         sa.Column("cache_write_5m_tokens", sa.Integer(), nullable=True),
         sa.Column("cache_write_1h_tokens", sa.Integer(), nullable=True),
-        sa.Column("caller_ip", sa.String(length=64), nullable=False),
-        sa.Column("source", sa.String(length=16), nullable=False, comment="logs|capture|both"),
+        sa.Column("caller_ip", sa.String(length=64), server_default="", nullable=False),
+        sa.Column(
+            "source",
+            sa.String(length=16),
+            server_default="logs",
+            nullable=False,
+            comment="logs|capture|both",
+        ),
         sa.ForeignKeyConstraint(
             ["deployment_id"],
             ["deployments.id"],

@@ -1,0 +1,89 @@
+"""The installed ``foundry-watch`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = shutil.which("foundry-watch", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_WATCH_")}
+    base.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, env={**base, **(env or {})}, cwd=cwd
+    )
+
+
+def test_help_and_version() -> None:
+    assert EXE, "console script not installed"
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("db", "status", "demo"):
+        assert command in result.stdout
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("foundry-watch 0.")
+
+
+def test_upgrade_then_status_json(db_url: str) -> None:
+    env = {"DATABASE_URL": db_url}
+    first = run("db", "upgrade", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "-> 0001" in first.stdout
+    again = run("db", "upgrade", env=env)
+    assert "already at 0001" in again.stdout
+    status = run("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["schema_current"] is True
+    assert report["row_counts"]["prices"] == 4
+    assert report["row_counts"]["requests"] == 0
+    assert report["last_runs"] == []
+
+
+def test_demo_sets_up_the_default_store(tmp_path: Path) -> None:
+    result = run("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / ".foundry-watch" / "foundry-watch.db").is_file()
+    assert "schema" in result.stdout
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = run("status", env={"FOUNDRY_WATCH_RETENTION_DAYS": "-1"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FOUNDRY_WATCH_RETENTION_DAYS" in lines[0]
+    missing = run("--config", str(tmp_path / "nope.toml"), "status")
+    assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_dead_database_is_one_line_without_password() -> None:
+    url = "postgresql+psycopg://fw:hunter2-secret@127.0.0.1:1/x"
+    result = run("status", env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+    assert "cannot open the database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_command_is_usage_error() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("args", [("status",), ("db", "upgrade")])
+def test_sqlite_in_unwritable_place_is_clear(args: tuple[str, ...], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run(*args, env={"DATABASE_URL": f"sqlite:///{blocker}/sub/x.db"})
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip()
