@@ -133,7 +133,9 @@ def sqlite_case(workdir: Path, rows_for: Callable[[int], list[dict]]) -> tuple[f
                 )
             conn.close()
 
-        best_project = min(best_project, timed(lambda e=project_engine: project_upsert(e, rows)))
+        best_project = min(
+            best_project, timed(lambda e=project_engine, r=rows: project_upsert(e, r))
+        )
         best_raw = min(best_raw, timed(raw))
         project_engine.dispose()
     return best_raw, best_project
