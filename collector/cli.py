@@ -18,9 +18,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from collector.jobs import SOURCES
+from collector.jobs.base import JobContext, ScopeOutcome
+from collector.lock import CollectorLock, LockHeld
+from collector.service import backfill as run_backfill
+from collector.service import run_cycle, serve
 from collector.status import StoreStatus, read_status
 from models.db import DatabaseUnavailable, check_connection, make_engine, safe_url
-from models.migrations import SchemaOutOfDate, upgrade
+from models.migrations import SchemaOutOfDate, ensure_current, upgrade
 from models.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -142,13 +147,153 @@ def demo(ctx: typer.Context) -> None:
     _print_status(read_status(engine))
 
 
+def _job_context(settings: Settings) -> JobContext:
+    """A migrated, current store and a credential: what every collecting command needs."""
+    from collector.azure import make_credential
+
+    if not settings.subscriptions:
+        raise ConfigError(
+            "invalid setting FOUNDRY_WATCH_SUBSCRIPTIONS (subscriptions): "
+            "no subscription to watch; give a comma list of subscription ids"
+        )
+    engine = make_engine(settings.database_url)
+    check_connection(engine)
+    ensure_current(engine)
+    return JobContext(settings=settings, engine=engine, credential=make_credential(settings))
+
+
+def _print_outcomes(outcomes: list[ScopeOutcome]) -> None:
+    table = Table("source", "scope", "status", "rows", "API calls", "error", title="Collection")
+    for o in outcomes:
+        colour = {"ok": "green", "partial": "yellow"}.get(o.status, "red")
+        table.add_row(
+            o.job, o.scope, f"[{colour}]{o.status}[/]", f"{o.rows:,}", str(o.api_calls), o.error
+        )
+    out.print(table)
+
+
+@app.command()
+def collect(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Run one cycle and exit.")] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source", "-s", help=f"Only this source ({', '.join(SOURCES)}); repeatable."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for another collector's lock instead of exiting.")
+    ] = False,
+) -> None:
+    """Collect on a schedule (APScheduler), or one cycle with --once."""
+    settings = _settings(ctx)
+    unknown = [s for s in source or [] if s not in SOURCES]
+    if unknown:
+        raise typer.BadParameter(f"unknown source {unknown[0]!r}; choose from {', '.join(SOURCES)}")
+    job_ctx = _job_context(settings)
+    with CollectorLock(job_ctx.engine, wait=wait):
+        if once:
+            outcomes = run_cycle(job_ctx, source or None)
+            _print_outcomes(outcomes)
+            if any(o.status == "failed" for o in outcomes):
+                raise typer.Exit(1)
+            return
+        serve(job_ctx)
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option("--days", min=1, max=400, help="How far back.")] = 30,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the collector lock.")] = False,
+) -> None:
+    """Fill the last N days; interrupted and re-run, it continues from the watermarks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    settings = _settings(ctx)
+    job_ctx = _job_context(settings)
+    with (
+        CollectorLock(job_ctx.engine, wait=wait),
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+        ) as bar,
+    ):
+        tasks: dict[str, int] = {}
+
+        def progress(source: str, done: int, total: int) -> None:
+            if source not in tasks:
+                tasks[source] = bar.add_task(source, total=total)
+            bar.update(tasks[source], completed=done, total=total)
+
+        outcomes = run_backfill(job_ctx, days, progress)
+    _print_outcomes(outcomes)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port (0 = any free port).")] = 8443,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 42,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where the CA and certificate are written.")
+    ] = Path(".foundry-watch/emulator"),
+) -> None:
+    """Serve the local HTTPS stand-in for Azure (ARM, metrics, logs, costs, Foundry)."""
+    from emulator.server import serve as serve_emulator
+
+    serve_emulator(host=host, port=port, seed=seed, data_dir=data_dir)
+
+
+@app.command()
+def dashboard(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (localhost by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8501,
+) -> None:
+    """Serve the Streamlit dashboard (reads the store only)."""
+    import os
+    import subprocess
+
+    settings = _settings(ctx)
+    engine = make_engine(settings.database_url)
+    check_connection(engine)
+    ensure_current(engine)
+    app_path = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_path),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning expected failures into one line."""
     try:
         app()
     except ConfigError as exc:
         _fail(f"configuration error: {exc}", 2)
-    except (DatabaseUnavailable, SchemaOutOfDate, Failure) as exc:
+    except (DatabaseUnavailable, SchemaOutOfDate, LockHeld, Failure) as exc:
         _fail(str(exc), 1)
 
 

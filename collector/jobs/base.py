@@ -1,0 +1,121 @@
+"""What every collection job shares: its context, its outcome, and the run wrapper.
+
+A job is *window in, rows out*: given a source, a scope and a window it fetches, normalises and
+upserts, then advances its watermark in the same transaction. ``run_scope`` gives every job the
+same bookkeeping (a ``collector_runs`` row, API-call counting, one-line errors) so a failing
+scope is recorded and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from azure.core.credentials import TokenCredential
+from sqlalchemy import Connection, Engine
+
+from collector.azure import AzureClients
+from collector.errors import describe_azure_error
+from collector.runs import start_run, utcnow
+from models.settings import Settings
+
+log = logging.getLogger("foundry_watch.collector")
+
+_RG_RE = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
+_SUB_RE = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)
+
+
+def resource_group_of(arm_id: str) -> str:
+    match = _RG_RE.search(arm_id)
+    return match.group(1) if match else ""
+
+
+def subscription_of(arm_id: str) -> str:
+    match = _SUB_RE.search(arm_id)
+    return match.group(1) if match else ""
+
+
+@dataclass
+class JobContext:
+    """Everything a job may use; built once per collector process."""
+
+    settings: Settings
+    engine: Engine
+    credential: TokenCredential
+    clock: Callable[[], datetime] = utcnow
+
+    def clients(self) -> AzureClients:
+        return AzureClients(self.settings, self.credential)
+
+
+@dataclass
+class ScopeOutcome:
+    job: str
+    scope: str
+    status: str  # ok | partial | failed
+    rows: int = 0
+    api_calls: int = 0
+    error: str = ""
+
+
+@dataclass
+class Written:
+    """What a job's write step reports back to ``run_scope``."""
+
+    rows: int
+    status: str = "ok"
+    error: str = ""
+    window: tuple[datetime | None, datetime | None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def run_scope(
+    ctx: JobContext,
+    job: str,
+    scope: str,
+    fetch: Callable[[AzureClients], object],
+    write: Callable[[Connection, object], Written],
+    window: tuple[datetime | None, datetime | None] = (None, None),
+) -> ScopeOutcome:
+    """Fetch from Azure, then write rows + watermark + run record in one transaction.
+
+    A fetch failure records a failed run and leaves the watermark where it was.
+    """
+    run = start_run(ctx.engine, job, scope, window)
+    clients = ctx.clients()
+    try:
+        fetched = fetch(clients)
+    except Exception as exc:
+        message = describe_azure_error(exc, source=job, scope=scope)
+        log.warning(message)
+        log.debug("fetch failure detail", exc_info=True)
+        with ctx.engine.begin() as conn:
+            run.finish(conn, status="failed", api_calls=clients.counter.calls, error=message)
+        return ScopeOutcome(job, scope, "failed", 0, clients.counter.calls, message)
+    try:
+        with ctx.engine.begin() as conn:
+            written = write(conn, fetched)
+            run.finish(
+                conn,
+                status=written.status,
+                rows=written.rows,
+                api_calls=clients.counter.calls,
+                error=written.error,
+                window=written.window,
+            )
+    except Exception as exc:
+        message = f"{job} on {scope}: could not store the data: {type(exc).__name__}: {exc}"
+        message = message.splitlines()[0]
+        log.error(message)
+        log.debug("write failure detail", exc_info=True)
+        with ctx.engine.begin() as conn:
+            run.finish(conn, status="failed", api_calls=clients.counter.calls, error=message)
+        return ScopeOutcome(job, scope, "failed", 0, clients.counter.calls, message)
+    if written.error:
+        log.warning(written.error)
+    return ScopeOutcome(
+        job, scope, written.status, written.rows, clients.counter.calls, written.error
+    )
