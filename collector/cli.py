@@ -133,6 +133,19 @@ def _print_status(report: StoreStatus) -> None:
     if not report.last_runs:
         runs.add_row("-", "-", "no collector runs yet", "-", "-", "-")
     out.print(runs)
+    if report.watermarks:
+        lag = Table("source", "scope", "collected up to", "behind now", title="Watermarks")
+        for w in report.watermarks:
+            lag.add_row(w["source"], w["scope"], w["high_water"], _duration(w["lag_s"]))
+        out.print(lag)
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @app.command()
@@ -233,6 +246,22 @@ def backfill(
         outcomes = run_backfill(job_ctx, days, progress)
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check credentials, roles and diagnostic settings for every configured scope."""
+    from collector.doctor import run_doctor
+
+    checks = run_doctor(_job_context(_settings(ctx)))
+    table = Table("check", "scope", "result", "detail", title="foundry-watch doctor")
+    for check in checks:
+        table.add_row(
+            check.name, check.scope, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail
+        )
+    out.print(table)
+    if not all(check.ok for check in checks):
         raise typer.Exit(1)
 
 

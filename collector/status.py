@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, inspect, select
 
 from models.db import check_connection
 from models.migrations import current_revision, head_revision
-from models.tables import STATUS_TABLES, CollectorRun
+from models.tables import STATUS_TABLES, CollectorRun, Watermark
 
 
 @dataclass
@@ -19,6 +20,7 @@ class StoreStatus:
     schema_head: str
     row_counts: dict[str, int] = field(default_factory=dict)
     last_runs: list[dict[str, Any]] = field(default_factory=list)
+    watermarks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def schema_current(self) -> bool:
@@ -45,7 +47,24 @@ def read_status(engine: Engine) -> StoreStatus:
                 report.row_counts[table.name] = count
         if CollectorRun.__tablename__ in existing:
             report.last_runs = _last_runs(conn)
+        if Watermark.__tablename__ in existing:
+            report.watermarks = _watermarks(conn)
     return report
+
+
+def _watermarks(conn: Any) -> list[dict[str, Any]]:
+    """How far each source got per scope, and how far behind now that is."""
+    now = datetime.now(UTC)
+    rows = conn.execute(select(Watermark).order_by(Watermark.source, Watermark.scope)).scalars()
+    return [
+        {
+            "source": w.source,
+            "scope": w.scope,
+            "high_water": w.high_water.isoformat(),
+            "lag_s": round((now - w.high_water).total_seconds()),
+        }
+        for w in rows
+    ]
 
 
 def _last_runs(conn: Any) -> list[dict[str, Any]]:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from azure.core.exceptions import HttpResponseError
 from sqlalchemy import Connection, select, update
 
 from collector.azure import AzureClients
+from collector.errors import describe_azure_error
 from collector.jobs.base import (
     JobContext,
     ScopeOutcome,
@@ -53,6 +55,7 @@ class FoundResource:
     workspace_arm_id: str = ""
     workspace_customer_id: str = ""
     deployments: list[FoundDeployment] = field(default_factory=list)
+    problem: str = ""
 
 
 def _wanted(settings: Any, resource_group: str, name: str) -> bool:
@@ -134,11 +137,15 @@ def fetch_subscription(
         if account.name.lower() in overrides:
             resource.workspace_customer_id = overrides[account.name.lower()]
         else:
-            resource.workspace_arm_id = _workspace_of(clients, account.id)
-            if resource.workspace_arm_id:
-                resource.workspace_customer_id = _customer_id(
-                    clients, resource.workspace_arm_id, customer_ids
-                )
+            # Without Monitoring Reader / workspace read, discovery still works; logs can't.
+            try:
+                resource.workspace_arm_id = _workspace_of(clients, account.id)
+                if resource.workspace_arm_id:
+                    resource.workspace_customer_id = _customer_id(
+                        clients, resource.workspace_arm_id, customer_ids
+                    )
+            except HttpResponseError as exc:
+                resource.problem = describe_azure_error(exc, source="discovery", scope=account.id)
         found.append(resource)
     return found
 
@@ -238,6 +245,10 @@ def write_subscription(
             )
             .values(deleted_at=now)
         )
+    problems = [r.problem for r in found if r.problem]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Written(rows=written, status="partial", error=problems[0] + more)
     return Written(rows=written)
 
 
