@@ -27,12 +27,20 @@ COST_RETRY_HEADERS = (
     "x-ms-ratelimit-microsoft.costmanagement-clienttype-retry-after",
     "x-ms-ratelimit-microsoft.consumption-retry-after",
 )
-#: The metrics batch API throttles with 529; azure-core does not retry it by default.
+#: The metrics batch API throttles with 529.
 EXTRA_RETRY_STATUS = [529]
 
 
 class AzureRetryPolicy(RetryPolicy):
-    """azure-core's retry, also honouring Cost Management's retry-after headers."""
+    """azure-core's retry, also honouring Cost Management's retry-after headers.
+
+    azure-core retries a POST only on 500/503/504 or with a Retry-After header; the metrics
+    batch, Log Analytics and Cost Management queries are POSTs that only read, so a 429/529
+    without Retry-After is retried too.
+    """
+
+    def _is_method_retryable(self, settings: Any, request: Any, response: Any = None) -> bool:
+        return True
 
     def get_retry_after(self, response: PipelineResponse) -> float | None:
         headers = response.http_response.headers
