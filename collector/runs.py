@@ -26,12 +26,21 @@ def get_watermark(conn: Connection, source: str, scope: str) -> datetime | None:
     ).scalar_one_or_none()
 
 
-def set_watermark(conn: Connection, source: str, scope: str, high_water: datetime) -> None:
-    upsert(
-        conn,
-        Watermark,
-        [{"source": source, "scope": scope, "high_water": high_water, "updated_at": utcnow()}],
-    )
+def set_watermark(
+    conn: Connection,
+    source: str,
+    scope: str,
+    high_water: datetime,
+    updated_at: datetime | None = None,
+) -> None:
+    """``updated_at`` is when the source was asked (a job's clock), for quota guards."""
+    row = {
+        "source": source,
+        "scope": scope,
+        "high_water": high_water,
+        "updated_at": updated_at or utcnow(),
+    }
+    upsert(conn, Watermark, [row])
 
 
 @dataclass
