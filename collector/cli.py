@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alerts.cli import alerts_app
 from collector.jobs import SOURCES
 from collector.jobs.base import JobContext, ScopeOutcome
 from collector.lock import CollectorLock, LockHeld
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(alerts_app, name="alerts")
 
 out = Console()
 
@@ -149,15 +151,68 @@ def _duration(seconds: int) -> str:
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """Set up the embedded store (SQLite by default) and show what is in it."""
+def demo(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(help="Days to backfill.")] = 30,
+    emulator_port: Annotated[int, typer.Option(help="Emulator HTTPS port (0 = any).")] = 0,
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
+    keep_running: Annotated[
+        bool,
+        typer.Option(help="After the backfill, serve the dashboard and keep collecting."),
+    ] = True,
+) -> None:
+    """The embedded default end to end: emulator, SQLite store, 30-day backfill, dashboard,
+    and continuous collection until Ctrl-C."""
+    import os
+    import subprocess
+
+    from emulator.server import EmulatorServer
+
     settings = _settings(ctx)
     engine = make_engine(settings.database_url)
     check_connection(engine)
     before, after = upgrade(engine)
-    out.print(f"[bold]store[/]: {safe_url(settings.database_url)}")
-    out.print(f"schema: {before or '(empty)'} -> {after}")
-    _print_status(read_status(engine))
+    schema = f"schema {before or '(empty)'} -> {after}"
+    out.print(f"[bold]store[/]: {safe_url(settings.database_url)} ({schema})")
+    server = EmulatorServer(seed=42, port=emulator_port, data_dir=Path(".foundry-watch/emulator"))
+    server.start()
+    out.print(f"[bold]emulator[/]: {server.base_url} (CA {server.ca_file})")
+    env = server.env()
+    # DefaultAzureCredential finds the emulator's managed-identity endpoint in the environment.
+    os.environ.update(env)
+    settings = settings.model_copy(
+        update={
+            "subscriptions": env["FOUNDRY_WATCH_SUBSCRIPTIONS"].split(","),
+            "arm_endpoint": env["FOUNDRY_WATCH_ARM_ENDPOINT"],
+            "metrics_endpoint": env["FOUNDRY_WATCH_METRICS_ENDPOINT"],
+            "logs_endpoint": env["FOUNDRY_WATCH_LOGS_ENDPOINT"],
+            "arm_audience": env["FOUNDRY_WATCH_ARM_AUDIENCE"],
+            "metrics_audience": env["FOUNDRY_WATCH_METRICS_AUDIENCE"],
+            "logs_audience": env["FOUNDRY_WATCH_LOGS_AUDIENCE"],
+            "ca_bundle": Path(server.ca_file),
+        }
+    )
+    dashboard_proc = None
+    try:
+        job_ctx = _job_context(settings)
+        with CollectorLock(job_ctx.engine):
+            out.print(f"[bold]backfill[/]: {days} days from the emulator")
+            outcomes = _backfill_with_progress(job_ctx, days)
+            if any(o.status == "failed" for o in outcomes):
+                raise typer.Exit(1)
+            if not keep_running:
+                return
+            dashboard_proc = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "dashboard", "--port", str(dashboard_port)],
+                env={**os.environ, "DATABASE_URL": settings.database_url},
+            )
+            out.print(f"[bold]dashboard[/]: http://localhost:{dashboard_port}  (Ctrl-C stops)")
+            serve(job_ctx)
+    finally:
+        if dashboard_proc is not None:
+            dashboard_proc.terminate()
+            dashboard_proc.wait(timeout=10)
+        server.stop()
 
 
 def _job_context(settings: Settings) -> JobContext:
@@ -178,7 +233,7 @@ def _job_context(settings: Settings) -> JobContext:
 def _print_outcomes(outcomes: list[ScopeOutcome]) -> None:
     table = Table("source", "scope", "status", "rows", "API calls", "error", title="Collection")
     for o in outcomes:
-        colour = {"ok": "green", "partial": "yellow"}.get(o.status, "red")
+        colour = {"ok": "green", "partial": "yellow", "skipped": "dim"}.get(o.status, "red")
         table.add_row(
             o.job, o.scope, f"[{colour}]{o.status}[/]", f"{o.rows:,}", str(o.api_calls), o.error
         )
@@ -215,27 +270,16 @@ def collect(
         serve(job_ctx)
 
 
-@app.command()
-def backfill(
-    ctx: typer.Context,
-    days: Annotated[int, typer.Option("--days", min=1, max=400, help="How far back.")] = 30,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for the collector lock.")] = False,
-) -> None:
-    """Fill the last N days; interrupted and re-run, it continues from the watermarks."""
+def _backfill_with_progress(job_ctx: JobContext, days: int) -> list[ScopeOutcome]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    settings = _settings(ctx)
-    job_ctx = _job_context(settings)
-    with (
-        CollectorLock(job_ctx.engine, wait=wait),
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-        ) as bar,
-    ):
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(source: str, done: int, total: int) -> None:
@@ -245,6 +289,19 @@ def backfill(
 
         outcomes = run_backfill(job_ctx, days, progress)
     _print_outcomes(outcomes)
+    return outcomes
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option("--days", min=1, max=400, help="How far back.")] = 30,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the collector lock.")] = False,
+) -> None:
+    """Fill the last N days; interrupted and re-run, it continues from the watermarks."""
+    job_ctx = _job_context(_settings(ctx))
+    with CollectorLock(job_ctx.engine, wait=wait):
+        outcomes = _backfill_with_progress(job_ctx, days)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -330,3 +387,7 @@ def _fail(message: str, code: int) -> None:
     # Plain write, not rich: a terminal-width wrap would break the one-line contract.
     sys.stderr.write(f"foundry-watch: {message}\n")
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

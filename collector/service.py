@@ -12,6 +12,7 @@ from datetime import timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from alerts.config import check_interval_s
 from collector.jobs import SOURCES, job
 from collector.jobs.base import JobContext, ScopeOutcome
 
@@ -65,6 +66,7 @@ def intervals(ctx: JobContext) -> dict[str, int]:
         "logs": s.logs_interval_s,
         "costs": s.costs_interval_s,
         "retention": 24 * 3600,
+        "alerts": check_interval_s(s),
     }
 
 

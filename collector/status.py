@@ -55,7 +55,11 @@ def read_status(engine: Engine) -> StoreStatus:
 def _watermarks(conn: Any) -> list[dict[str, Any]]:
     """How far each source got per scope, and how far behind now that is."""
     now = datetime.now(UTC)
-    rows = conn.execute(select(Watermark).order_by(Watermark.source, Watermark.scope)).scalars()
+    rows = conn.execute(
+        select(Watermark.source, Watermark.scope, Watermark.high_water).order_by(
+            Watermark.source, Watermark.scope
+        )
+    )
     return [
         {
             "source": w.source,

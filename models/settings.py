@@ -28,7 +28,8 @@ from sqlalchemy.exc import ArgumentError
 ENV_PREFIX = "FOUNDRY_WATCH_"
 CONFIG_ENV = "FOUNDRY_WATCH_CONFIG"
 DEFAULT_DATABASE_URL = "sqlite:///./.foundry-watch/foundry-watch.db"
-SECRET_FIELDS = frozenset({"database_url"})
+#: Never echoed in an error: they hold passwords, tokens or webhook URLs with tokens.
+SECRET_FIELDS = frozenset({"database_url", "budgets", "channels", "alerts"})
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
     logs_interval_s: int = Field(300, ge=10)
     costs_interval_s: int = Field(4 * 3600, ge=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Budget and operational alerts (TOML tables; validated by alerts.config, see README).
+    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    alerts: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("subscriptions", "resource_groups", "resource_names", mode="before")
     @classmethod

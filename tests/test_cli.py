@@ -48,11 +48,17 @@ def test_upgrade_then_status_json(db_url: str) -> None:
     assert report["last_runs"] == []
 
 
-def test_demo_sets_up_the_default_store(tmp_path: Path) -> None:
-    result = run("demo", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / ".foundry-watch" / "foundry-watch.db").is_file()
-    assert "schema" in result.stdout
+def test_demo_sets_up_the_store_and_collects_from_the_emulator(tmp_path: Path) -> None:
+    result = run("demo", "--days", "1", "--no-keep-running", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    store = tmp_path / ".foundry-watch" / "foundry-watch.db"
+    assert store.is_file()
+    assert "emulator" in result.stdout and "backfill" in result.stdout
+    report = json.loads(run("status", "--json", env={"DATABASE_URL": f"sqlite:///{store}"}).stdout)
+    assert report["row_counts"]["resources"] == 4
+    assert report["row_counts"]["requests"] > 0
+    assert report["row_counts"]["metric_points"] > 0
+    assert all(r["status"] in ("ok", "skipped") for r in report["last_runs"]), report["last_runs"]
 
 
 def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:

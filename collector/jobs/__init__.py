@@ -15,6 +15,7 @@ SOURCES = {
     "logs": "collector.jobs.logs",
     "costs": "collector.jobs.costs",
     "retention": "collector.jobs.retention",
+    "alerts": "alerts.job",
 }
 
 
