@@ -22,6 +22,7 @@ from alerts.cli import alerts_app
 from collector.jobs import SOURCES
 from collector.jobs.base import JobContext, ScopeOutcome
 from collector.lock import CollectorLock, LockHeld
+from collector.request_cmd import request
 from collector.service import backfill as run_backfill
 from collector.service import run_cycle, serve
 from collector.status import StoreStatus, read_status
@@ -39,6 +40,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(alerts_app, name="alerts")
+app.command("request")(request)
 
 out = Console()
 

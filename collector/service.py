@@ -65,6 +65,7 @@ def intervals(ctx: JobContext) -> dict[str, int]:
         "metrics": s.metrics_interval_s,
         "logs": s.logs_interval_s,
         "costs": s.costs_interval_s,
+        "capture": s.capture_interval_s,
         "retention": 24 * 3600,
         "alerts": check_interval_s(s),
     }
@@ -77,6 +78,9 @@ def serve(ctx: JobContext, stop: threading.Event | None = None) -> None:
     overlapped by the next; misfire grace: a run late by less than its interval still happens.
     """
     stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     run_cycle(ctx, ["discovery"])  # the other sources map names to what discovery found
     scheduler = BackgroundScheduler(timezone="UTC")
     for source, seconds in intervals(ctx).items():
@@ -91,9 +95,6 @@ def serve(ctx: JobContext, stop: threading.Event | None = None) -> None:
             # discovery just ran; the others start now
             next_run_time=ctx.clock() + timedelta(seconds=seconds if source == "discovery" else 0),
         )
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
     scheduler.start()
     log.info(
         "collector running: %s", ", ".join(f"{k} every {v}s" for k, v in intervals(ctx).items())

@@ -89,13 +89,19 @@ class Settings(BaseSettings):
     logs_interval_s: int = Field(300, ge=10)
     costs_interval_s: int = Field(4 * 3600, ge=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    capture_spools: CommaList = Field(
+        default_factory=list, description="client-capture JSONL spools (paths or globs)"
+    )
+    capture_interval_s: int = Field(60, ge=10)
 
     # Budget and operational alerts (TOML tables; validated by alerts.config, see README).
     budgets: list[dict[str, Any]] = Field(default_factory=list)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     alerts: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("subscriptions", "resource_groups", "resource_names", mode="before")
+    @field_validator(
+        "subscriptions", "resource_groups", "resource_names", "capture_spools", mode="before"
+    )
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)

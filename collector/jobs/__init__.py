@@ -14,6 +14,7 @@ SOURCES = {
     "metrics": "collector.jobs.metrics",
     "logs": "collector.jobs.logs",
     "costs": "collector.jobs.costs",
+    "capture": "collector.jobs.capture",
     "retention": "collector.jobs.retention",
     "alerts": "alerts.job",
 }

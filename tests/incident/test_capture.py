@@ -1,0 +1,471 @@
+"""Client capture with the real anthropic SDK against the emulator's Foundry data plane, plus
+the spool's promises (bounded, rotated, never in the application's way) and the parsers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import anthropic
+import httpx
+import httpx2
+import pytest
+
+from collector import capture
+from emulator.server import EmulatorServer
+from tests.incident.conftest import MSG
+from tests.incident.helpers import by_apim, records, usage_of
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _sse(*events: dict) -> bytes:
+    return b"".join(
+        f"event: {e['type']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n".encode()
+        for e in events
+    )
+
+
+# ---------------------------------------------------------------------- real SDK, emulator
+def test_sync_create_matches_headers_and_usage(
+    emulator: EmulatorServer, make_client, spool: Path, resource: str
+) -> None:
+    client = make_client(spool)
+    raw = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-5", max_tokens=100, messages=MSG
+    )
+    msg = raw.parse()
+    rec = by_apim(spool, raw.headers["apim-request-id"])
+    assert rec["request_id"] == raw.headers["request-id"]
+    assert rec["resource"] == resource and rec["deployment"] == "claude-sonnet-4-5"
+    assert rec["status"] == 200 and rec["stream"] is False and rec["complete"] is True
+    assert rec["usage"] == usage_of(msg.usage)
+    assert rec["region"] == raw.headers["x-ms-region"]
+    assert rec["model"] == msg.model and rec["attempt"] == 0
+    assert 0 < rec["ttfb_ms"] <= rec["latency_ms"]
+    assert "ttft_ms" not in rec
+    # The emulator recorded the same call under the same ids (what Azure's logs will show).
+    live = emulator.world.live_records()
+    (truth,) = [r for r in live if r.correlation_id == rec["apim_request_id"]]
+    assert truth.request_id == rec["request_id"] and truth.input_tokens == msg.usage.input_tokens
+
+
+def test_streaming_records_ttft_and_final_usage(make_client, spool: Path) -> None:
+    client = make_client(spool)
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=300, messages=MSG) as s:
+        chunks = list(s.text_stream)
+        final = s.get_final_message()
+        headers = s.response.headers
+    assert chunks
+    rec = by_apim(spool, headers["apim-request-id"])
+    assert rec["request_id"] == headers["request-id"]
+    assert rec["stream"] is True and rec["complete"] is True
+    assert rec["usage"] == usage_of(final.usage)
+    assert rec["usage"]["output_tokens"] == final.usage.output_tokens > 1
+    assert rec["ttfb_ms"] <= rec["ttft_ms"] <= rec["latency_ms"]
+
+    # stream=True, iterated raw, then a stream abandoned half-way.
+    events = client.messages.create(
+        model="claude-haiku-4-5", max_tokens=300, messages=MSG, stream=True
+    )
+    assert [e.type for e in events][-1] == "message_stop"
+    rec = by_apim(spool, events.response.headers["apim-request-id"])
+    assert rec["complete"] is True and rec["usage"]["output_tokens"] > 1
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=300, messages=MSG) as s:
+        next(iter(s))
+        apim = s.response.headers["apim-request-id"]
+    rec = by_apim(spool, apim)
+    assert rec["complete"] is False and rec["status"] == 200 and "output_tokens" in rec["usage"]
+
+
+def test_async_client_and_stream(emulator: EmulatorServer, spool: Path, resource: str) -> None:
+    async def run() -> tuple[dict, dict]:
+        http = capture.instrument(httpx2.AsyncClient(verify=emulator.ssl_context()), spool=spool)
+        client = anthropic.AsyncAnthropicFoundry(
+            api_key=emulator.api_key(resource),
+            base_url=emulator.dataplane_url(resource),
+            http_client=http,
+            max_retries=0,
+        )
+        async with client:
+            raw = await client.messages.with_raw_response.create(
+                model="claude-opus-4-5", max_tokens=100, messages=MSG
+            )
+            msg = await raw.parse()
+            async with client.messages.stream(
+                model="claude-opus-4-5", max_tokens=100, messages=MSG
+            ) as s:
+                final = await s.get_final_message()
+                sheaders = s.response.headers
+        return (
+            {"headers": raw.headers, "usage": msg.usage},
+            {"headers": sheaders, "usage": final.usage},
+        )
+
+    plain, streamed = asyncio.run(run())
+    for call, stream in ((plain, False), (streamed, True)):
+        rec = by_apim(spool, call["headers"]["apim-request-id"])
+        assert rec["request_id"] == call["headers"]["request-id"]
+        assert rec["usage"] == usage_of(call["usage"]) and rec["stream"] is stream
+        assert rec["deployment"] == "claude-opus-4-5" and rec["complete"] is True
+    assert "ttft_ms" in by_apim(spool, streamed["headers"]["apim-request-id"])
+
+
+def test_errors_401_404_429(emulator: EmulatorServer, make_client, spool: Path, faults) -> None:
+    client = make_client(spool)
+    with pytest.raises(anthropic.AuthenticationError) as e401:
+        client.with_options(api_key="0" * 32).messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=MSG
+        )
+    with pytest.raises(anthropic.NotFoundError) as e404:
+        client.messages.create(model="no-such-deployment", max_tokens=10, messages=MSG)
+    faults.add(kind="throttle", endpoint="dataplane", retry_after_s=7)
+    with pytest.raises(anthropic.RateLimitError) as e429:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MSG)
+    expected = {
+        401: (e401.value, "claude-sonnet-4-5", "401"),
+        404: (e404.value, "no-such-deployment", "not_found_error"),
+        429: (e429.value, "claude-sonnet-4-5", "rate_limit_error"),
+    }
+    for status, (err, deployment, error_type) in expected.items():
+        rec = by_apim(spool, err.response.headers["apim-request-id"])
+        assert rec["status"] == status and rec["request_id"] == err.response.headers["request-id"]
+        assert rec["deployment"] == deployment and rec["error_type"] == error_type
+        assert "usage" not in rec
+    assert by_apim(spool, e429.value.response.headers["apim-request-id"])["retry_after"] == "7"
+
+
+def test_sdk_retries_are_separate_attempts(make_client, spool: Path, faults) -> None:
+    faults.add(kind="throttle", endpoint="dataplane", retry_after_s=0)
+    client = make_client(spool, max_retries=2)
+    raw = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-5", max_tokens=10, messages=MSG
+    )
+    recs = records(spool)
+    assert [(r["attempt"], r["status"]) for r in recs] == [(0, 429), (1, 200)]
+    assert recs[1]["apim_request_id"] == raw.headers["apim-request-id"]
+    assert recs[0]["apim_request_id"] != recs[1]["apim_request_id"]
+
+
+def test_azure_ad_token_provider(
+    emulator: EmulatorServer, credential, spool: Path, resource: str
+) -> None:
+    from azure.identity import get_bearer_token_provider
+
+    from emulator.auth import DATAPLANE_AUDIENCE
+
+    token_provider = get_bearer_token_provider(credential, DATAPLANE_AUDIENCE + "/.default")
+    client = anthropic.AnthropicFoundry(
+        azure_ad_token_provider=token_provider,
+        base_url=emulator.dataplane_url(resource),
+        http_client=capture.instrument(httpx2.Client(verify=emulator.ssl_context()), spool=spool),
+        max_retries=0,
+    )
+    raw = client.messages.with_raw_response.create(
+        model="claude-opus-4-1", max_tokens=20, messages=MSG
+    )
+    assert by_apim(spool, raw.headers["apim-request-id"])["status"] == 200
+    token = token_provider()
+    assert token.encode() not in spool.read_bytes()
+
+
+def test_never_prompts_completions_or_keys(
+    emulator: EmulatorServer, make_client, spool: Path, resource: str
+) -> None:
+    client = make_client(spool)
+    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=MSG)
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=100, messages=MSG) as s:
+        streamed = s.get_final_message()
+    records(spool)
+    data = spool.read_text()
+    for secret in (
+        "7d1f",
+        "weather",
+        msg.content[0].text[:30],
+        streamed.content[0].text[-20:],
+        emulator.api_key(resource),
+    ):
+        assert secret not in data
+    allowed = {
+        "v", "time", "logged", "resource", "deployment", "model", "status", "ttfb_ms", "ttft_ms",
+        "latency_ms", "request_id", "apim_request_id", "region", "retry_after", "attempt",
+        "stream", "usage", "complete", "error", "error_type",
+    }  # fmt: skip
+    for rec in records(spool):
+        assert set(rec) <= allowed
+
+
+def test_cache_tokens_are_captured(make_client, spool: Path) -> None:
+    client = make_client(spool)
+    system = [
+        {
+            "type": "text",
+            "text": "You are a meticulous assistant. " * 200 + uuid.uuid4().hex,
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+    ]
+    first = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-5", max_tokens=20, system=system, messages=MSG
+    )
+    with client.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=20, system=system, messages=MSG
+    ) as s:
+        second = s.get_final_message()
+        second_headers = s.response.headers
+    rec1 = by_apim(spool, first.headers["apim-request-id"])
+    assert rec1["usage"]["ephemeral_1h_input_tokens"] >= 1024
+    assert rec1["usage"] == usage_of(first.parse().usage)
+    rec2 = by_apim(spool, second_headers["apim-request-id"])
+    assert rec2["usage"]["cache_read_input_tokens"] == second.usage.cache_read_input_tokens > 0
+
+
+# ------------------------------------------------------------------- never in the way
+def test_broken_spool_never_breaks_the_app(make_client, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool's folder should be")
+    bad = blocker / "fw.jsonl"
+    client = make_client(bad)
+    for _ in range(3):
+        assert client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MSG).id
+    assert capture.flush(bad)
+    stats = capture.spool_stats(bad)
+    assert stats["errors"] == 3 and stats["written"] == 0
+    assert "NotADirectoryError" in stats["last_error"] or "FileExistsError" in stats["last_error"]
+    capture._SPOOLS.pop(str(bad)).close()
+
+
+def test_slow_spool_never_slows_the_app(tmp_path: Path, monkeypatch) -> None:
+    """A disk that blocks for seconds: calls go on at full speed, excess records are dropped."""
+    gate = threading.Event()
+    path = tmp_path / "slow.jsonl"
+    spool = capture._spool_for(path, queue_size=5)
+    original = spool._write_bytes
+
+    def stuck(fd: int, data: bytes) -> None:
+        gate.wait(10)
+        original(fd, data)
+
+    monkeypatch.setattr(spool, "_write_bytes", stuck)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    started = time.perf_counter()
+    for _ in range(50):
+        assert http.post("https://r.services.ai.azure.com/anthropic/v1/messages").status_code == 200
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0  # 50 calls against an in-memory transport, disk stuck meanwhile
+    gate.set()
+    assert spool.flush(10)
+    assert spool.dropped >= 40 and spool.written + spool.dropped == 50
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_rotation_keeps_the_spool_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "rot.jsonl"
+    spool = capture.Spool(path, max_bytes=4096, backups=2)
+    for i in range(400):
+        spool.put({"v": 1, "time": time.time(), "apim_request_id": str(uuid.UUID(int=i)), "n": i})
+        if i % 50 == 0:
+            spool.flush()
+    assert spool.flush()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["rot.jsonl", "rot.jsonl.1", "rot.jsonl.2"]
+    total = sum((tmp_path / f).stat().st_size for f in files)
+    assert total <= 3 * 4096 + 4096  # max_bytes per file, plus at most one batch over
+    newest = [json.loads(x)["n"] for x in (tmp_path / "rot.jsonl").read_text().splitlines()]
+    assert newest[-1] == 399
+    kept = []
+    for name in ("rot.jsonl.2", "rot.jsonl.1", "rot.jsonl"):
+        kept += [json.loads(x)["n"] for x in (tmp_path / name).read_text().splitlines()]
+    assert kept == sorted(kept) and kept[-1] == 399  # oldest dropped, order kept
+    spool.close()
+
+
+def test_rotation_by_another_process_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "shared.jsonl"
+    spool = capture.Spool(path)
+    spool.put({"v": 1, "n": 1})
+    spool.flush()
+    os.replace(path, f"{path}.1")  # as another writer's rotation would
+    spool.put({"v": 1, "n": 2})
+    spool.flush()
+    assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == [2]
+    spool.close()
+
+
+def test_connection_failure_is_recorded_and_raised(tmp_path: Path) -> None:
+    path = tmp_path / "fail.jsonl"
+
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused", request=request)
+
+    http = capture.instrument(httpx2.Client(transport=httpx2.MockTransport(refuse)), spool=path)
+    with pytest.raises(httpx2.ConnectError):
+        http.post(
+            "https://res1.services.ai.azure.com/anthropic/v1/messages",
+            json={"model": "claude-x", "max_tokens": 1, "messages": []},
+        )
+    (rec,) = records(path)
+    assert rec["status"] is None and rec["error"] == "ConnectError"
+    assert rec["resource"] == "res1" and rec["deployment"] == "claude-x"
+    assert rec["apim_request_id"] == "" and rec["complete"] is False
+    capture._SPOOLS.pop(str(path)).close()
+
+
+# ------------------------------------------------------------ the parsers, byte by byte
+def _mock_transport(chunks: list[bytes] | None = None, content_type: str = "application/json"):
+    body = chunks or [b'{"usage":{"input_tokens":1,"output_tokens":2}}']
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200,
+            headers={
+                "content-type": content_type,
+                "request-id": "req_0123456789abcdef",
+                "apim-request-id": str(uuid.uuid4()),
+            },
+            stream=httpx2.ByteStream(b"".join(body)) if len(body) == 1 else _Chunks(body),
+        )
+
+    return httpx2.MockTransport(handler)
+
+
+class _Chunks(httpx2.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self):
+        yield from self.chunks
+
+
+def test_sse_split_at_every_byte(tmp_path: Path) -> None:
+    """Events cut anywhere across chunks still give the usage; one byte per chunk."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "model": "claude-haiku-4-5",
+            "usage": {"input_tokens": 11, "output_tokens": 1, "cache_read_input_tokens": 3},
+        },
+    }
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"text": '"message_delta"'}}
+    end = {"type": "message_delta", "usage": {"output_tokens": 42}}
+    body = _sse(start, delta, end, {"type": "message_stop"})
+    path = tmp_path / "sse.jsonl"
+    one_byte_chunks = [body[i : i + 1] for i in range(len(body))]
+    transport = _mock_transport(one_byte_chunks, "text/event-stream")
+    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
+    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
+        assert b"".join(r.iter_raw()) == body  # passed through untouched
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 11, "output_tokens": 42, "cache_read_input_tokens": 3}
+    assert rec["model"] == "claude-haiku-4-5" and rec["stream"] is True and "ttft_ms" in rec
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_sse_error_event(tmp_path: Path) -> None:
+    body = _sse(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}},
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    )
+    path = tmp_path / "sse-err.jsonl"
+    http = capture.instrument(
+        httpx2.Client(transport=_mock_transport([body], "text/event-stream")), spool=path
+    )
+    http.post("https://x.services.ai.azure.com/anthropic/v1/messages")
+    (rec,) = records(path)
+    assert rec["error_type"] == "overloaded_error" and rec["usage"]["input_tokens"] == 5
+    capture._SPOOLS.pop(str(path)).close()
+
+
+@pytest.mark.parametrize(
+    "body,model",
+    [
+        (b'{"max_tokens":5,"messages":[],"model":"claude-sonnet-4-5"}', "claude-sonnet-4-5"),
+        (b'{"model": "my-deploy", "stream": true}', "my-deploy"),
+        # a prompt that mentions "model": escaped inside its string, not a key
+        (b'{"messages":[{"content":"say \\"model\\": \\"gpt\\""}],"model":"d1"}', "d1"),
+        # a tool input with its own "model" key: parsed properly
+        (
+            b'{"messages":[{"content":[{"type":"tool_use","input":{"model":"x"}}]}],"model":"d2"}',
+            "d2",
+        ),
+        (b'{"model":"caf\\u00e9"}', "café"),
+        (b"", ""),
+        (b"not json", ""),
+    ],
+)
+def test_model_of_request_body(body: bytes, model: str) -> None:
+    assert capture._model_of(body) == model
+
+
+def test_json_usage_found_from_the_tail_and_in_large_bodies() -> None:
+    tool = {"type": "tool_use", "input": {"usage": {"input_tokens": 999}}}
+    body = json.dumps(
+        {"model": "m", "content": [tool], "usage": {"input_tokens": 7, "output_tokens": 8}}
+    ).encode()
+    assert capture._tail_usage(body) == {"input_tokens": 7, "output_tokens": 8}
+    huge = json.dumps(
+        {
+            "content": [{"type": "text", "text": "x" * 3_000_000}],
+            "usage": {"input_tokens": 1, "output_tokens": 2},
+        }
+    ).encode()
+    kept: dict = {}
+
+    class Spy:
+        def put(self, record: dict, weight: int = 0) -> bool:
+            kept.update(record, weight=weight)
+            return True
+
+    call = capture._Call(Spy(), {"status": 200, "_url": None}, time.perf_counter())  # type: ignore[arg-type]
+    for i in range(0, len(huge), 65536):
+        call.feed(huge[i : i + 65536])
+    call.finish(complete=True)
+    assert kept["weight"] <= 16 * 1024  # only the tail of a large body is held for the writer
+    assert capture._finalize(kept)["usage"] == {"input_tokens": 1, "output_tokens": 2}
+
+
+def test_httpx_classic_client_is_supported(tmp_path: Path) -> None:
+    path = tmp_path / "classic.jsonl"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers={"apim-request-id": "a" * 8 + "-1111-2222-3333-" + "b" * 12},
+            json={"usage": {"input_tokens": 3, "output_tokens": 4}},
+        )
+
+    http = capture.instrument(httpx.Client(transport=httpx.MockTransport(handler)), spool=path)
+    http.post("https://acme.services.ai.azure.com/anthropic/v1/messages", json={"model": "m"})
+    (rec,) = records(path)
+    assert rec["resource"] == "acme" and rec["usage"] == {"input_tokens": 3, "output_tokens": 4}
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_instrument_is_idempotent_and_rejects_other_clients(tmp_path: Path) -> None:
+    path = tmp_path / "idem.jsonl"
+    http = httpx2.Client()
+    capture.instrument(http, spool=path)
+    wrapped = http._transport
+    capture.instrument(http, spool=path)
+    assert http._transport is wrapped
+    with pytest.raises(TypeError):
+        capture.instrument(object(), spool=path)
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_buffer_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """Bodies waiting for the writer are capped: a stuck disk cannot grow the app's memory."""
+    spool = capture.Spool(tmp_path / "b.jsonl", max_buffer_bytes=1000)
+    spool._thread = threading.current_thread()  # no writer: everything stays buffered
+    assert spool.put({"v": 1}, 600)
+    assert not spool.put({"v": 1}, 600)
+    assert spool.put({"v": 1}, 400) and spool.put({"v": 1})
+    assert spool.dropped == 1 and spool._held == 1000
+    spool._thread = None
+    spool._start()
+    assert spool.flush() and spool._held == 0 and spool.written == 3
+    spool.close()
