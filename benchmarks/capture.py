@@ -11,10 +11,6 @@ Two measurements, both captured vs plain:
    thread's work counts): the CPU difference per call *is* the capture's cost. It is also shown
    as a share of the plain median latency of (1).
 
-The emulator child sets TCP_NODELAY on its TLS connections: without it, uvicorn behind asyncio's
-TLS transport leaves Nagle on and every response body waits ~40 ms for a delayed ACK (curl:
-first byte 1.4 ms, last byte 44 ms), which would hide any client-side cost.
-
 Targets (issue 8): capture CPU < 50 µs per call, and < 1 % of a call's latency against the
 emulator. Sizes: ``FW_BENCH_CAPTURE_CALLS`` (400 emulator calls per arm and kind),
 ``FW_BENCH_CAPTURE_BLOCKS`` x 100 in-memory calls per arm and kind (60).
@@ -40,28 +36,10 @@ BLOCK = 100
 MSG = [{"role": "user", "content": "Summarise the weather report for Stockholm in one line."}]
 
 
-def _nodelay() -> None:
-    """TCP_NODELAY on the emulator's accepted connections (see the module docstring)."""
-    import socket
-
-    from uvicorn.protocols.http import h11_impl
-
-    original = h11_impl.H11Protocol.connection_made
-
-    def connection_made(self: Any, transport: Any) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        original(self, transport)
-
-    h11_impl.H11Protocol.connection_made = connection_made
-
-
 def _serve(conn: Any) -> None:
     """Child process: an emulator; sends its coordinates, serves until told to stop."""
     from emulator.server import EmulatorServer
 
-    _nodelay()
     server = EmulatorServer(seed=42, port=0)
     server.start()
     resource = server.world.resources[0].name

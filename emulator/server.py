@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from emulator.app import build_app
 from emulator.auth import ARM_AUDIENCE, DATAPLANE_AUDIENCE, LOGS_AUDIENCE, METRICS_AUDIENCE
@@ -37,6 +38,20 @@ from emulator.tls import ensure_certs
 from emulator.world import World
 
 __all__ = ["EmulatorServer", "serve"]
+
+
+class _NoDelayH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with Nagle off.
+
+    Behind asyncio's TLS transport, uvicorn leaves Nagle on, so each response body waited for a
+    delayed ACK (~40 ms per call); Azure's front doors answer without that stall.
+    """
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
 
 class EmulatorServer:
@@ -147,6 +162,7 @@ class EmulatorServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            http=_NoDelayH11Protocol,
         )
 
     def _bind(self) -> socket.socket:
