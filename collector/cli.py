@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from alerts.cli import alerts_app
@@ -43,10 +44,6 @@ app.add_typer(alerts_app, name="alerts")
 app.command("request")(request)
 
 out = Console()
-
-
-class Failure(Exception):
-    """An expected failure of a command: printed as one line, exit code 1."""
 
 
 def _version(value: bool) -> None:
@@ -132,7 +129,7 @@ def _print_status(report: StoreStatus) -> None:
             run["status"],
             run["finished_at"] or "-",
             str(run["rows"]),
-            run["error"],
+            escape(run["error"]),
         )
     if not report.last_runs:
         runs.add_row("-", "-", "no collector runs yet", "-", "-", "-")
@@ -211,10 +208,15 @@ def demo(
             out.print(f"[bold]dashboard[/]: http://localhost:{dashboard_port}  (Ctrl-C stops)")
             serve(job_ctx)
     finally:
-        if dashboard_proc is not None:
-            dashboard_proc.terminate()
-            dashboard_proc.wait(timeout=10)
-        server.stop()
+        try:
+            if dashboard_proc is not None:
+                dashboard_proc.terminate()
+                try:
+                    dashboard_proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    dashboard_proc.kill()
+        finally:
+            server.stop()
 
 
 def _job_context(settings: Settings) -> JobContext:
@@ -269,7 +271,7 @@ def collect(
             if any(o.status == "failed" for o in outcomes):
                 raise typer.Exit(1)
             return
-        serve(job_ctx)
+        serve(job_ctx, sources=source or None)
 
 
 def _backfill_with_progress(job_ctx: JobContext, days: int) -> list[ScopeOutcome]:
@@ -349,7 +351,6 @@ def dashboard(
 ) -> None:
     """Serve the Streamlit dashboard (reads the store only)."""
     import os
-    import subprocess
 
     settings = _settings(ctx)
     engine = make_engine(settings.database_url)
@@ -372,7 +373,8 @@ def dashboard(
         "--browser.gatherUsageStats",
         "false",
     ]
-    raise typer.Exit(subprocess.call(command, env=env))
+    # Replace this process, so stopping `foundry-watch dashboard` stops Streamlit itself.
+    os.execve(sys.executable, command, env)
 
 
 def main() -> None:
@@ -381,7 +383,7 @@ def main() -> None:
         app()
     except ConfigError as exc:
         _fail(f"configuration error: {exc}", 2)
-    except (DatabaseUnavailable, SchemaOutOfDate, LockHeld, Failure) as exc:
+    except (DatabaseUnavailable, SchemaOutOfDate, LockHeld) as exc:
         _fail(str(exc), 1)
 
 

@@ -106,7 +106,8 @@ def run_doctor(ctx: JobContext) -> list[Check]:
                     has_logs,
                     f"RequestResponse logs go to workspace {resource.workspace_customer_id}"
                     if has_logs
-                    else "no RequestResponse diagnostic setting to a Log Analytics workspace: "
+                    else resource.problem
+                    or "no RequestResponse diagnostic setting to a Log Analytics workspace: "
                     "add one (Monitoring > Diagnostic settings) or set workspace_overrides",
                 )
             )

@@ -71,7 +71,11 @@ def intervals(ctx: JobContext) -> dict[str, int]:
     }
 
 
-def serve(ctx: JobContext, stop: threading.Event | None = None) -> None:
+def serve(
+    ctx: JobContext,
+    stop: threading.Event | None = None,
+    sources: Iterable[str] | None = None,
+) -> None:
     """Run every source on its interval until SIGTERM/SIGINT (or ``stop`` is set).
 
     coalesce: a backlog of missed runs becomes one run; max_instances=1: a slow run is never
@@ -83,7 +87,10 @@ def serve(ctx: JobContext, stop: threading.Event | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
     run_cycle(ctx, ["discovery"])  # the other sources map names to what discovery found
     scheduler = BackgroundScheduler(timezone="UTC")
+    wanted = set(sources or SOURCES) | {"discovery"}
     for source, seconds in intervals(ctx).items():
+        if source not in wanted:
+            continue
         scheduler.add_job(
             lambda s=source: run_cycle(ctx, [s]),
             IntervalTrigger(seconds=seconds),

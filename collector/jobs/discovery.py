@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from sqlalchemy import Connection, select, update
 
 from collector.azure import AzureClients
@@ -56,6 +56,9 @@ class FoundResource:
     workspace_customer_id: str = ""
     deployments: list[FoundDeployment] = field(default_factory=list)
     problem: str = ""
+    #: False when the listing failed: keep what the store knows instead of blanking it.
+    deployments_known: bool = True
+    workspace_known: bool = True
 
 
 def _wanted(settings: Any, resource_group: str, name: str) -> bool:
@@ -97,6 +100,25 @@ def _customer_id(clients: AzureClients, workspace_arm_id: str, cache: dict[str, 
     return cache[workspace_arm_id]
 
 
+def _claude_deployments(cognitive: Any, group: str, account: str) -> list[FoundDeployment]:
+    found = []
+    for dep in cognitive.deployments.list(group, account):
+        model = dep.properties.model if dep.properties else None
+        if model is None or (model.format or "").lower() != "anthropic":
+            continue
+        found.append(
+            FoundDeployment(
+                name=dep.name,
+                model_name=model.name or "",
+                model_version=model.version or "",
+                model_format=model.format or "",
+                sku_name=dep.sku.name if dep.sku else "",
+                capacity=dep.sku.capacity if dep.sku else None,
+            )
+        )
+    return found
+
+
 def fetch_subscription(
     ctx: JobContext, clients: AzureClients, subscription: str
 ) -> list[FoundResource]:
@@ -120,20 +142,12 @@ def fetch_subscription(
             kind=account.kind,
             endpoint=_endpoint(account),
         )
-        for dep in cognitive.deployments.list(group, account.name):
-            model = dep.properties.model if dep.properties else None
-            if model is None or (model.format or "").lower() != "anthropic":
-                continue
-            resource.deployments.append(
-                FoundDeployment(
-                    name=dep.name,
-                    model_name=model.name or "",
-                    model_version=model.version or "",
-                    model_format=model.format or "",
-                    sku_name=dep.sku.name if dep.sku else "",
-                    capacity=dep.sku.capacity if dep.sku else None,
-                )
-            )
+        try:
+            resource.deployments = _claude_deployments(cognitive, group, account.name)
+        except (HttpResponseError, ServiceRequestError) as exc:
+            # One account's failure (deleted meanwhile, no access) must not hide the others.
+            resource.deployments_known = False
+            resource.problem = describe_azure_error(exc, source="discovery", scope=account.id)
         if account.name.lower() in overrides:
             resource.workspace_customer_id = overrides[account.name.lower()]
         else:
@@ -144,8 +158,11 @@ def fetch_subscription(
                     resource.workspace_customer_id = _customer_id(
                         clients, resource.workspace_arm_id, customer_ids
                     )
-            except HttpResponseError as exc:
-                resource.problem = describe_azure_error(exc, source="discovery", scope=account.id)
+            except (HttpResponseError, ServiceRequestError) as exc:
+                resource.workspace_known = False
+                resource.problem = resource.problem or describe_azure_error(
+                    exc, source="discovery", scope=account.id
+                )
         found.append(resource)
     return found
 
@@ -183,7 +200,13 @@ def write_subscription(
         }
         for r in found
     ]
-    written = upsert(conn, Resource, rows, update=resource_updates) if rows else 0
+    workspace_columns = {"workspace_arm_id", "workspace_customer_id"}
+    with_ws = [row for row, r in zip(rows, found, strict=True) if r.workspace_known]
+    without_ws = [row for row, r in zip(rows, found, strict=True) if not r.workspace_known]
+    written = upsert(conn, Resource, with_ws, update=resource_updates) if with_ws else 0
+    if without_ws:  # a failed lookup must not erase a workspace the store already knows
+        keep = [c for c in resource_updates if c not in workspace_columns]
+        written += upsert(conn, Resource, without_ws, update=keep)
     known = conn.execute(
         select(Resource.id, Resource.arm_id, Resource.resource_group, Resource.name).where(
             Resource.subscription_id == subscription
@@ -235,6 +258,8 @@ def write_subscription(
     if dep_rows:
         written += upsert(conn, Deployment, dep_rows, update=dep_updates)
     for r in found:
+        if not r.deployments_known:
+            continue
         names = [d.name for d in r.deployments]
         conn.execute(
             update(Deployment)
