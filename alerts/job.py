@@ -24,7 +24,7 @@ from alerts.delivery import DeliveryResult, Sender, deliver
 from alerts.events import Candidate, record
 from alerts.rules import check_rules
 from alerts.secrets import install_log_filter, scrub
-from collector.jobs.base import JobContext, ScopeOutcome
+from collector.jobs.base import JobContext, ScopeOutcome, skipped
 from collector.runs import start_run, utcnow
 
 log = logging.getLogger("foundry_watch.alerts")
@@ -120,5 +120,5 @@ def run(ctx: JobContext) -> list[ScopeOutcome]:
     """Scheduler entry point: config from the settings (``budgets``, ``channels``, ``alerts``)."""
     config = load_alert_config(ctx.settings)
     if not (config.budgets or config.alerts.rules or config.channels):
-        return [ScopeOutcome(JOB, "", "ok", 0, 0, "")]
+        return [skipped(ctx, JOB, "", "no budgets, rules or channels configured")]
     return check(ctx.engine, config, ctx.clock).outcomes()

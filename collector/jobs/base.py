@@ -119,3 +119,11 @@ def run_scope(
     return ScopeOutcome(
         job, scope, written.status, written.rows, clients.counter.calls, written.error
     )
+
+
+def skipped(ctx: JobContext, job: str, scope: str, reason: str) -> ScopeOutcome:
+    """Record a run that had nothing to do, so `status` says why instead of showing nothing."""
+    run = start_run(ctx.engine, job, scope)
+    with ctx.engine.begin() as conn:
+        run.finish(conn, status="skipped", error=reason)
+    return ScopeOutcome(job, scope, "skipped", error=reason)

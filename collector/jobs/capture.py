@@ -44,7 +44,7 @@ from urllib.parse import urlparse
 from sqlalchemy import Connection, select
 
 from collector import rollups
-from collector.jobs.base import JobContext, ScopeOutcome
+from collector.jobs.base import JobContext, ScopeOutcome, skipped
 from collector.runs import get_watermark, set_watermark, start_run
 from models.db import upsert
 from models.tables import Deployment, Request, Resource
@@ -397,4 +397,9 @@ def configured_spools(ctx: JobContext) -> list[str]:
 
 def run(ctx: JobContext) -> list[ScopeOutcome]:
     """One cycle: every configured spool from its watermark on."""
-    return [ingest(ctx, base) for base in configured_spools(ctx)]
+    spools = configured_spools(ctx)
+    if not spools:
+        return [
+            skipped(ctx, SOURCE, "", "no capture spool configured (FOUNDRY_WATCH_CAPTURE_SPOOLS)")
+        ]
+    return [ingest(ctx, base) for base in spools]

@@ -179,7 +179,8 @@ def test_logs_first_then_capture(
 
 
 def test_run_uses_the_configured_spools(collector_ctx: JobContext, tmp_path: Path) -> None:
-    assert capture_job.run(collector_ctx) == []  # nothing configured
+    (idle,) = capture_job.run(collector_ctx)  # nothing configured: a recorded, explained skip
+    assert idle.status == "skipped" and "FOUNDRY_WATCH_CAPTURE_SPOOLS" in idle.error
     for name in ("a.jsonl", "b.jsonl"):
         _write(tmp_path / name, [_record(i) for i in range(3)])
     (tmp_path / "a.jsonl.1").write_text("")  # a rotation is not a spool of its own
