@@ -164,9 +164,9 @@ def test_logs_first_then_capture(
     logged = {a: r for a, r in stored(collector_ctx, seen).items()}
     assert all(r.source == "logs" for r in logged.values())
     assert len(logged) == len(seen) - 1  # not the 404
+    recs = {r["apim_request_id"]: r for r in records(spool)}  # waits for the spool writer
     capture_job.ingest(collector_ctx, str(spool))
     rows = stored(collector_ctx, seen)
-    recs = {r["apim_request_id"]: r for r in records(spool)}
     for apim, row in rows.items():
         if apim not in logged:
             assert row.source == "capture"
