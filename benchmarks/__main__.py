@@ -5,24 +5,28 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from rich.console import Console
 
-from benchmarks import ingest
-
-BENCHMARKS = {"ingest": ingest.main}
+#: Benchmark name -> module with a ``main() -> rich.table.Table``.
+BENCHMARKS = {
+    "ingest": "benchmarks.ingest",
+    "collector": "benchmarks.collector",
+    "capture": "benchmarks.capture",
+}
 
 
 def main(argv: list[str]) -> int:
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     names = argv or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         console.print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
         return 2
     for name in names:
-        console.print(BENCHMARKS[name]())
+        console.print(importlib.import_module(BENCHMARKS[name]).main())
     return 0
 
 
