@@ -35,6 +35,7 @@ from sqlalchemy import Engine, and_, or_, select
 
 from collector import kql, rollups, spend
 from collector.jobs import capture as capture_job
+from collector.jobs import logs as logs_job
 from collector.runs import utcnow
 from models.settings import Settings
 from models.tables import Deployment, LatencyRollup, Price, Request, Resource
@@ -196,18 +197,7 @@ _ROW_FIELDS = (
     "source",
 )
 #: Columns Azure's logs own (a live row refreshes them on a stored one).
-_LOG_FIELDS = (
-    "time",
-    "resource_id",
-    "deployment_id",
-    "deployment_name",
-    "model_name",
-    "operation_name",
-    "status_code",
-    "duration_ms",
-    "stream",
-    "caller_ip",
-)
+_LOG_FIELDS = tuple(logs_job._UPDATE_COLUMNS)
 
 
 def _plain(value: Any) -> Any:
