@@ -75,8 +75,10 @@ def configure(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     if not verbose:
-        # Alembic narrates every connection at INFO; the commands say what changed themselves.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # Alembic narrates every connection and the Azure SDKs every HTTP call at INFO; the
+        # commands report what happened themselves (progress bars, tables, one-line errors).
+        for noisy in ("alembic", "azure", "httpx", "uvicorn"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = settings
 
 
