@@ -10,7 +10,7 @@ UV := .tools/bin/uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench lint fmt emulator dashboard clean
+.PHONY: install browser-deps demo test bench lint fmt emulator dashboard clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -24,6 +24,15 @@ install: $(BIN)/.synced
 
 demo: install
 	$(BIN)/foundry-watch demo
+
+# Headless Chromium + chromedriver for the dashboard's browser test (Debian; root or sudo).
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "chromium and chromedriver present"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

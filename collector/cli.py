@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -98,6 +99,43 @@ def db_upgrade(ctx: typer.Context) -> None:
         out.print(f"schema already at {after} in {where}")
     else:
         out.print(f"schema upgraded {before or '(empty)'} -> {after} in {where}")
+
+
+@db_app.command("grant-readonly")
+def db_grant_readonly(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(help="PostgreSQL role the dashboard connects as.")],
+    password_env: Annotated[
+        str | None,
+        typer.Option(
+            "--password-env",
+            help="Name of an environment variable holding the role's password "
+            "(never a command-line argument: it would show in ps and shell history).",
+        ),
+    ] = None,
+) -> None:
+    """Create (if missing) a login role that can only read the store: the dashboard's."""
+    from dashboard.readonly import grant_readonly
+
+    settings = _settings(ctx)
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            _fail(f"--password-env {password_env}: that environment variable is not set", 2)
+    engine = make_engine(settings.database_url)
+    check_connection(engine)
+    try:
+        done = grant_readonly(engine, role, password)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    for statement in done:
+        out.print(statement, markup=False, highlight=False)
+    out.print(
+        f"role {role} can read {safe_url(settings.database_url)}; point the dashboard's "
+        "DATABASE_URL at it",
+        markup=False,
+    )
 
 
 @app.command()

@@ -181,6 +181,7 @@ def recompute_rollups(
     ``requests`` rows (request ``time`` = when the request started), so a minute that lost its
     requests loses its rollup rows too. Requests without a deployment id are not rolled up.
     A request without a duration counts in ``count`` but not in the sum or the histogram.
+    The hour and day rows of ``collector.coarse_rollups`` covering them are rebuilt too.
     Runs in the caller's transaction; returns the number of rollup rows written.
     """
     ids = sorted({int(i) for i in deployment_ids if i is not None})
@@ -229,4 +230,9 @@ def recompute_rollups(
                     for (dep_id, bucket, cls), acc in sorted(accs.items())
                 ),
             )
+    # The hour/day rows these minutes feed are rebuilt here too, in the same transaction, so
+    # no writer of minute rollups (logs, capture, adopted deployments) can leave them stale.
+    from collector import coarse_rollups  # imports this module
+
+    coarse_rollups.refresh(conn, lo, hi, ids, parts=("latency",))
     return written

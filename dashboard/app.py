@@ -1,50 +1,32 @@
 """Streamlit entry point (``foundry-watch dashboard``): reads only the store, never Azure.
 
-This first page is Collector health; the other pages of the dashboard issue plug in beside it.
-Settings come from the same sources as the CLI (the CLI passes its config file and database URL
-down through the environment of the Streamlit process).
+Draws what every page shares (sign-in gate, sidebar filters, freshness banner), then runs the
+selected page from ``dashboard/views/``. Settings come from the same sources as the CLI (which
+passes its database URL down in the environment of the Streamlit process).
 """
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
-from collector.status import read_status
-from models.db import DatabaseUnavailable, make_engine
-from models.settings import ConfigError, load_settings
+from dashboard import auth, ui
 
+st.set_page_config(page_title="foundry-watch", page_icon=":material/monitoring:", layout="wide")
 
-@st.cache_resource
-def _engine(url: str):
-    return make_engine(url)
-
-
-def main() -> None:
-    st.set_page_config(page_title="foundry-watch", layout="wide")
-    st.title("foundry-watch: collector health")
-    try:
-        settings = load_settings()
-        report = read_status(_engine(settings.database_url))
-    except (ConfigError, DatabaseUnavailable) as exc:
-        st.error(str(exc))
-        return
-    st.caption(f"Store: {report.database} · schema {report.schema_revision or '(none)'}")
-    if not report.schema_current:
-        st.warning(
-            f"Schema is not current (code needs {report.schema_head}): "
-            "run `foundry-watch db upgrade`."
-        )
-    counts = pd.DataFrame(
-        {"table": list(report.row_counts), "rows": list(report.row_counts.values())}
+if auth.gate():
+    settings = ui.settings_or_stop()
+    pages = st.navigation(
+        [
+            st.Page(
+                "views/overview.py", title="Overview", icon=":material/monitor_heart:", default=True
+            ),
+            st.Page("views/deployment.py", title="Deployment", icon=":material/query_stats:"),
+            st.Page("views/errors.py", title="Errors & throttling", icon=":material/error:"),
+            st.Page("views/spend.py", title="Spend", icon=":material/payments:"),
+            st.Page("views/lookup.py", title="Request lookup", icon=":material/search:"),
+            st.Page("views/health.py", title="Collector health", icon=":material/build:"),
+        ]
     )
-    st.subheader("Rows in the store")
-    st.dataframe(counts, hide_index=True)
-    st.subheader("Last run per source and scope")
-    if report.last_runs:
-        st.dataframe(pd.DataFrame(report.last_runs), hide_index=True)
-    else:
-        st.info("No collector runs yet. Start one with `foundry-watch collect` or `make demo`.")
-
-
-main()
+    view = ui.sidebar(settings)
+    ui.freshness_banner(view)
+    pages.run()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -169,6 +170,58 @@ class LatencyRollup(Base):
     min_ms: Mapped[float | None] = mapped_column(Float)
     max_ms: Mapped[float | None] = mapped_column(Float)
     histogram: Mapped[dict[str, Any]] = mapped_column(JSON, comment="bucket index -> count")
+
+
+class MetricRollup(Base):
+    """``metric_points`` summed per hour and per day: what 30-day views read.
+
+    Totals and counts add, minima/maxima take min/max, averages are count-weighted, so a range
+    served by days, then hours, then minutes at its ragged edges equals a minute-level scan.
+    Written by ``collector.coarse_rollups.refresh`` in the same transaction as the minutes.
+    Key order puts the metric before time: a page asks "these metrics of these deployments
+    over this range", one contiguous key range per (deployment, metric).
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    grain: Mapped[str] = mapped_column(String(8), primary_key=True, comment="hour|day")
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True, comment="UTC start of hour/day")
+    status_code: Mapped[str] = mapped_column(
+        String(8), primary_key=True, default="", server_default=""
+    )
+    total: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[float | None] = mapped_column(Float)
+    average: Mapped[float | None] = mapped_column(Float)
+    minimum: Mapped[float | None] = mapped_column(Float)
+    maximum: Mapped[float | None] = mapped_column(Float)
+
+
+class LatencyRollupCoarse(Base):
+    """``latency_rollups`` merged per hour and per day (histograms in ``collector.dense`` form).
+
+    A day of a busy deployment holds hundreds of histogram buckets; the dense binary form is
+    read by numpy without parsing, which keeps 30-day percentiles fast.
+    """
+
+    __tablename__ = "latency_rollups_coarse"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    grain: Mapped[str] = mapped_column(String(8), primary_key=True, comment="hour|day")
+    status_class: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True, comment="UTC start of hour/day")
+    count: Mapped[int] = mapped_column(Integer)
+    sum_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float | None] = mapped_column(Float)
+    max_ms: Mapped[float | None] = mapped_column(Float)
+    histogram: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Cost(Base):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from models.migrations import head_revision
+
 EXE = shutil.which("foundry-watch", path=str(Path(sys.executable).parent))
 
 
@@ -36,9 +38,9 @@ def test_upgrade_then_status_json(db_url: str) -> None:
     env = {"DATABASE_URL": db_url}
     first = run("db", "upgrade", env=env)
     assert first.returncode == 0, first.stderr
-    assert "-> 0001" in first.stdout
+    assert f"-> {head_revision()}" in first.stdout
     again = run("db", "upgrade", env=env)
-    assert "already at 0001" in again.stdout
+    assert f"already at {head_revision()}" in again.stdout
     status = run("status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)

@@ -53,6 +53,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from collector import coarse_rollups
 from collector.azure import AzureClients
 from collector.deployments import record_unlisted
 from collector.jobs.base import JobContext, ScopeOutcome, Written, run_scope
@@ -565,6 +566,9 @@ def write_chunk(conn: Connection, scope: ScopeResources, data: ChunkData, now: d
     """Upsert the chunk's points (those of unlisted deployments included) and the watermark."""
     linked, lost = link_unlisted(conn, scope, data, now)
     rows = upsert(conn, MetricPoint, data.rows()) if data.points else 0
+    if data.points:
+        touched = {dep_id for dep_id, *_ in data.points}
+        coarse_rollups.refresh(conn, data.start, data.end, touched, parts=("metrics",))
     status, error = "ok", ""
     if linked:
         log.info(

@@ -7,6 +7,7 @@ rows by natural key (``(key…) IN (SELECT key… WHERE old LIMIT n)``, which bo
 and PostgreSQL run), in its own transaction, so progress is kept if the process stops.
 
 What goes: ``metric_points`` by minute, ``requests`` by time, ``latency_rollups`` by bucket,
+their hour/day rollups when their whole hour/day is before the cutoff,
 ``collector_runs`` by start time — everything before ``now − retention_days`` — and ``costs``
 by day: days wholly before the cutoff (the cutoff's own day stays, as the collectors'
 windows start on it). Resources, deployments, prices, budgets, alerts and watermarks are
@@ -24,11 +25,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, tuple_
+from sqlalchemy import Engine, and_, delete, or_, select, tuple_
 
 from collector.jobs.base import JobContext, ScopeOutcome
 from collector.runs import start_run
-from models.tables import Base, CollectorRun, Cost, LatencyRollup, MetricPoint, Request
+from models.tables import (
+    Base,
+    CollectorRun,
+    Cost,
+    LatencyRollup,
+    LatencyRollupCoarse,
+    MetricPoint,
+    MetricRollup,
+    Request,
+)
 
 log = logging.getLogger("foundry_watch.collector.retention")
 
@@ -55,9 +65,23 @@ def targets() -> list[Target]:
         Target(MetricPoint, lambda cut: MetricPoint.minute < cut),
         Target(Request, lambda cut: Request.time < cut),
         Target(LatencyRollup, lambda cut: LatencyRollup.bucket < cut),
+        Target(MetricRollup, lambda cut: wholly_before(MetricRollup, cut)),
+        Target(LatencyRollupCoarse, lambda cut: wholly_before(LatencyRollupCoarse, cut)),
         Target(Cost, lambda cut: Cost.day < cut.astimezone(UTC).date()),
         Target(CollectorRun, lambda cut: CollectorRun.started_at < cut),
     ]
+
+
+def wholly_before(model: type[MetricRollup] | type[LatencyRollupCoarse], cut: datetime) -> Any:
+    """Hour/day rows whose whole span ends by the cutoff.
+
+    A span straddling the cutoff is kept, like the cutoff's own cost day: the dashboard reads
+    a window's ragged edges from the minute tables, and whole hours/days only inside it.
+    """
+    return or_(
+        and_(model.grain == "hour", model.bucket <= cut - timedelta(hours=1)),
+        and_(model.grain == "day", model.bucket <= cut - timedelta(days=1)),
+    )
 
 
 def cutoff(ctx: JobContext) -> datetime:

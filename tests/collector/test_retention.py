@@ -19,7 +19,9 @@ from models.tables import (
     Cost,
     Deployment,
     LatencyRollup,
+    LatencyRollupCoarse,
     MetricPoint,
+    MetricRollup,
     Request,
     Resource,
     Watermark,
@@ -99,6 +101,26 @@ def _seed(engine: Engine) -> dict[str, int]:
                 for m in minutes
             ],
         )
+        # Hour and day rollups: a span is old only when it ends by the cutoff.
+        hour0 = CUT.replace(minute=0, second=0)
+        day0 = hour0.replace(hour=0)
+        spans = [("hour", hour0 + timedelta(hours=k)) for k in range(-3, 3)]
+        spans += [("day", day0 + timedelta(days=k)) for k in range(-3, 2)]
+        for model, values in (
+            (MetricRollup, {"metric": "InputTokens", "status_code": "", "total": 1.0}),
+            (LatencyRollupCoarse, {"status_class": "2xx", "count": 1, "sum_ms": 1.0}),
+        ):
+            upsert(
+                conn,
+                model,
+                [
+                    {"deployment_id": d, "grain": g, "bucket": b, "histogram": b"\x00"} | values
+                    if model is LatencyRollupCoarse
+                    else {"deployment_id": d, "grain": g, "bucket": b} | values
+                    for d in dep_ids
+                    for g, b in spans
+                ],
+            )
         days = [CUT.date() + timedelta(days=k) for k in (-3, -2, -1, 0, 1)]
         upsert(
             conn,
@@ -141,6 +163,8 @@ def _seed(engine: Engine) -> dict[str, int]:
         "metric_points": 2 * 2 * older_minutes,
         "requests": sum(1 for k in OFFSETS if k < 0),
         "latency_rollups": 2 * older_minutes,
+        "metric_rollups": 2 * 6,
+        "latency_rollups_coarse": 2 * 6,
         "costs": 2 * sum(1 for d in days if d < CUT.date()),
         "collector_runs": sum(1 for k in OFFSETS if k < 0),
     }
@@ -150,7 +174,16 @@ def _counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {
             t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar_one()
-            for t in (MetricPoint, Request, LatencyRollup, Cost, CollectorRun, Watermark)
+            for t in (
+                MetricPoint,
+                Request,
+                LatencyRollup,
+                MetricRollup,
+                LatencyRollupCoarse,
+                Cost,
+                CollectorRun,
+                Watermark,
+            )
         }
 
 
@@ -197,6 +230,18 @@ def test_retention_removes_exactly_the_old_rows_in_batches(engine: Engine) -> No
     assert oldest["requests"] == CUT
     assert oldest["latency_rollups"] == CUT.replace(second=0) + timedelta(minutes=1)
     assert oldest["costs"] == CUT.date()
+    with engine.connect() as conn:
+        for model in (MetricRollup, LatencyRollupCoarse):
+            kept = dict(
+                conn.execute(
+                    select(model.grain, func.min(model.bucket)).group_by(model.grain)
+                ).all()
+            )
+            # the hour and the day the cutoff falls in are kept; the whole ones before it go
+            assert kept == {
+                "hour": CUT.replace(minute=0, second=0),
+                "day": CUT.replace(hour=0, minute=0, second=0),
+            }, model.__tablename__
     with engine.connect() as conn:
         kept_runs = conn.execute(
             select(func.min(CollectorRun.started_at)).where(CollectorRun.job == "metrics")

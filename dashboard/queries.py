@@ -1,0 +1,1436 @@
+"""Read-only queries behind every dashboard page: plain functions, a Connection in, frames out.
+
+Why they look like this:
+
+- **Rollups, never raw rows, for ranges.** Counts and tokens come from ``metric_points``
+  (Azure's own counters, complete within minutes); percentiles from the mergeable latency
+  histograms of ``latency_rollups``. Where the hour/day rollups of ``collector.coarse_rollups``
+  exist, a range is read as whole days + whole hours + the minutes at its edges (``plan``), so
+  a 30-day view reads a few thousand rows instead of millions, with identical results. Only the
+  request lookup touches ``requests``, by an indexed id.
+- **Deployments are always named.** Every time-range query filters on an explicit
+  ``deployment_id IN (...)``: both backends then walk the (deployment, time) primary key instead
+  of scanning the table, whatever the number of deployments.
+- **Latency is of successful requests** (status class 2xx), like Azure's latency metrics: a
+  429 answered in 3 ms is not a model latency and would drag percentiles down exactly when
+  things are worst.
+- No function writes; the dashboard's engine refuses writes anyway (``dashboard.readonly``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    String,
+    Table,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+)
+
+from alerts.budgets import SpendData, evaluate_budget, spend_range
+from alerts.config import BudgetConfig
+from collector import coarse_rollups as coarse
+from collector import dense, rollups, spend
+from models.tables import (
+    Budget,
+    CollectorRun,
+    Cost,
+    Deployment,
+    LatencyRollup,
+    MetricPoint,
+    Price,
+    Request,
+    Resource,
+    Watermark,
+)
+
+MINUTE = timedelta(minutes=1)
+GRAIN_SIZE = {"minute": MINUTE, "hour": coarse.HOUR, "day": coarse.DAY}
+REQUESTS = "ModelRequests"
+TTLB = "TimeToLastByte"
+NTTFT = "NormalizedTimeToFirstToken"
+TOKEN_METRICS = {
+    "InputTokens": "tokens_in",
+    "OutputTokens": "tokens_out",
+    "cacheReadInputTokens": "cache_read",
+    "ephemeral5mInputTokens": "cache_write_5m",
+    "ephemeral1hInputTokens": "cache_write_1h",
+}
+STATUS_CLASSES = ("2xx", "4xx", "429", "5xx", "other")
+ERROR_CLASSES = ("401", "403", "404", "429", "4xx", "5xx")
+#: What to check first for each error class (DESIGN §8: the fix, not just the code).
+HINTS = {
+    "401": "Credentials: the key or Entra ID token is wrong, expired, or for another audience "
+    "(data plane tokens need https://cognitiveservices.azure.com).",
+    "403": "Authorisation: the caller lacks an RBAC role on the Foundry resource "
+    "(Cognitive Services User / Azure AI User), or network rules block it.",
+    "404": "Deployment name or path: the request names a deployment that does not exist "
+    "(deleted, renamed, typo) or a route Foundry does not serve.",
+    "429": "Capacity: the deployment's rate limit was hit. Back off honouring Retry-After, "
+    "spread load, or raise the quota / add deployments.",
+    "4xx": "Request: malformed or unsupported request (model parameters, max_tokens, "
+    "message shape). See the response body.",
+    "5xx": "Service side: transient errors; retry with backoff. Persistent 5xx → check Azure "
+    "status and open a support case with both request ids.",
+}
+_REQ_ID = re.compile(r"^req_[A-Za-z0-9]{8,64}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Deployments per IN list.
+_CHUNK = 500
+
+
+# --------------------------------------------------------------------------- windows and plans
+
+
+@dataclass(frozen=True)
+class Window:
+    """[start, end) in UTC. ``open_end``: end is "now", nothing later exists, so the bucket
+    holding ``end`` may be read whole."""
+
+    start: datetime
+    end: datetime
+    open_end: bool = False
+
+    @property
+    def span(self) -> timedelta:
+        return self.end - self.start
+
+    def previous(self) -> Window:
+        """The same span just before: what KPI deltas compare against."""
+        return Window(self.start - self.span, self.start, False)
+
+
+def plan(window: Window, coarsest: str = "day") -> list[tuple[str, datetime, datetime]]:
+    """Split a window into (grain, lo, hi) segments: whole days, whole hours, then minutes.
+
+    Only buckets entirely inside the window are read at a coarse grain (or, with ``open_end``,
+    the last bucket, which cannot hold anything after now); the ragged edges are minutes.
+    """
+    order = ["day", "hour", "minute"]
+    grains = order[order.index(coarsest) :]
+    start = coarse.floor_to(window.start, MINUTE)
+    end = coarse.ceil_to(window.end, MINUTE)
+
+    def split(lo: datetime, hi: datetime, open_end: bool, gs: list[str]) -> list[Any]:
+        if lo >= hi:
+            return []
+        grain, rest = gs[0], gs[1:]
+        if not rest:
+            return [(grain, lo, hi)]
+        size = GRAIN_SIZE[grain]
+        a = coarse.ceil_to(lo, size)
+        b = coarse.ceil_to(hi, size) if open_end else coarse.floor_to(hi, size)
+        if a >= b:
+            return split(lo, hi, open_end, rest)
+        return [*split(lo, a, False, rest), (grain, a, b), *split(b, hi, open_end, rest)]
+
+    return split(start, end, window.open_end, grains)
+
+
+def coarsest_for(step: int | None) -> str:
+    """The coarsest grain whose buckets fit whole in time steps of ``step`` seconds."""
+    if step is None or step % 86400 == 0:
+        return "day"
+    if step % 3600 == 0:
+        return "hour"
+    return "minute"
+
+
+#: Read whole hours/days from the coarse rollups (False: every range per minute). Both give
+#: the same numbers; tests flip it to prove that.
+READ_COARSE = True
+
+
+def _epoch_bucket(conn: Connection, column: Any, step: int) -> Any:
+    """SQL: start of the ``step``-second bucket of a timestamp, as epoch seconds."""
+    if conn.dialect.name == "sqlite":
+        epoch = cast(func.strftime("%s", column), Integer)
+        return (epoch / literal_column(str(int(step)))) * literal_column(str(int(step)))
+    epoch = func.extract("epoch", column)
+    return cast(func.floor(epoch / literal_column(str(int(step)))) * int(step), BigInteger)
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    ids = sorted(set(int(i) for i in ids))
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+def _segments(conn: Connection, window: Window, step: int | None) -> list[Any]:
+    coarsest = coarsest_for(step) if READ_COARSE else "minute"
+    return plan(window, coarsest)
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+def catalogue(conn: Connection) -> pd.DataFrame:
+    """Every deployment with its resource: the filters' choices and the tables' labels."""
+    rows = conn.execute(
+        select(
+            Deployment.id.label("deployment_id"),
+            Deployment.name.label("deployment"),
+            Deployment.model_name.label("model"),
+            Deployment.model_version.label("version"),
+            Deployment.sku_name.label("sku"),
+            Deployment.capacity,
+            Deployment.first_seen,
+            Deployment.last_seen,
+            Deployment.deleted_at,
+            Resource.id.label("resource_id"),
+            Resource.name.label("resource"),
+            Resource.resource_group,
+            Resource.subscription_id,
+            Resource.location,
+        )
+        .join(Resource, Resource.id == Deployment.resource_id)
+        .order_by(Resource.name, Deployment.name)
+    ).all()
+    columns = [
+        "deployment_id",
+        "deployment",
+        "model",
+        "version",
+        "sku",
+        "capacity",
+        "first_seen",
+        "last_seen",
+        "deleted_at",
+        "resource_id",
+        "resource",
+        "resource_group",
+        "subscription_id",
+        "location",
+    ]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    if not frame.empty:
+        # Two resources may both have a deployment "claude-sonnet-4-5": label with the resource.
+        dup = frame["deployment"].duplicated(keep=False)
+        frame["label"] = frame["deployment"].where(
+            ~dup, frame["deployment"] + " (" + frame["resource"] + ")"
+        )
+    else:
+        frame["label"] = pd.Series(dtype=str)
+    return frame
+
+
+def select_deployments(
+    cat: pd.DataFrame,
+    subscriptions: Sequence[str] = (),
+    resource_ids: Sequence[int] = (),
+    deployment_ids: Sequence[int] = (),
+    models: Sequence[str] = (),
+) -> list[int]:
+    """Deployment ids matching every non-empty filter (empty filter = all)."""
+    if cat.empty:
+        return []
+    mask = pd.Series(True, index=cat.index)
+    if subscriptions:
+        mask &= cat["subscription_id"].isin(list(subscriptions))
+    if resource_ids:
+        mask &= cat["resource_id"].isin(list(resource_ids))
+    if deployment_ids:
+        mask &= cat["deployment_id"].isin(list(deployment_ids))
+    if models:
+        mask &= cat["model"].isin(list(models))
+    return [int(i) for i in cat.loc[mask, "deployment_id"]]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _metric_source(grain: str) -> tuple[Table, Any, list[Any]]:
+    if grain == "minute":
+        table = MetricPoint.__table__
+        return table, table.c.minute, []
+    table = coarse.metric_rollups
+    return table, table.c.bucket, [table.c.grain == grain]
+
+
+def metric_sums(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    metrics: Sequence[str],
+    *,
+    by_deployment: bool = True,
+    by_status: bool = False,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """Per [deployment] × [time bucket] × metric × [status code]: total, count, average, min, max.
+
+    ``average`` is count-weighted (so it is exact across minutes of different traffic); ``t`` is
+    the UTC bucket start when ``step`` (seconds) is given.
+    """
+    keys = [
+        *(["deployment_id"] if by_deployment else []),
+        *(["t"] if step else []),
+        "metric",
+        *(["status_code"] if by_status else []),
+    ]
+    raw = ["total", "count", "wsum", "wcount", "asum", "an", "minimum", "maximum"]
+    frames: list[pd.DataFrame] = []
+    sqlite = conn.dialect.name == "sqlite"
+    for grain, lo, hi in _segments(conn, window, step) if ids else []:
+        table, time_col, extra = _metric_source(grain)
+        # A step equal to the grain needs no bucketing: group by the stored time itself
+        # (on SQLite, as text parsed once by pandas, instead of strftime on every row).
+        as_text = bool(step) and sqlite and GRAIN_SIZE[grain].total_seconds() == step
+        if not step:
+            tcol = []
+        elif as_text:
+            tcol = [type_coerce(time_col, String).label("t")]
+        else:
+            tcol = [_epoch_bucket(conn, time_col, step).label("t")]
+        group = [
+            *([table.c.deployment_id] if by_deployment else []),
+            *tcol,
+            table.c.metric,
+            *([table.c.status_code] if by_status else []),
+        ]
+        has_avg = table.c.average.is_not(None)
+        cols = [
+            *group,
+            func.sum(table.c.total),
+            func.sum(table.c["count"]),
+            func.sum(table.c.average * table.c["count"]),
+            func.sum(case((has_avg, table.c["count"]))),
+            func.sum(table.c.average),
+            func.count(table.c.average),
+            func.min(table.c.minimum),
+            func.max(table.c.maximum),
+        ]
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            query = (
+                select(*cols)
+                .where(
+                    table.c.deployment_id.in_(chunk),
+                    table.c.metric.in_(list(metrics)),
+                    *extra,
+                    time_col >= lo,
+                    time_col < hi,
+                )
+                .group_by(*group)
+            )
+            rows.extend(conn.execute(query).all())
+        if not rows:
+            continue
+        part = pd.DataFrame.from_records(rows, columns=[*keys, *raw], coerce_float=True)
+        if as_text:
+            stamps = pd.to_datetime(part["t"], format="%Y-%m-%d %H:%M:%S.%f", utc=True)
+            part["t"] = (stamps - _EPOCH) // pd.Timedelta(seconds=1)
+        frames.append(part)
+    if not frames:
+        frame = pd.DataFrame(columns=[*keys, *raw])
+    elif len(frames) == 1:
+        frame = frames[0]
+    else:  # several segments (days + hours + minutes): fold rows with equal keys
+        frame = pd.concat(frames, ignore_index=True)
+        for col in raw:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+        frame = frame.groupby(keys, as_index=False, dropna=False).agg(
+            **{c: (c, "sum") for c in raw[:6]},
+            minimum=("minimum", "min"),
+            maximum=("maximum", "max"),
+        )
+    for col in raw:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    weighted = frame["wsum"] / frame["wcount"].where(frame["wcount"] > 0)
+    plain = frame["asum"] / frame["an"].where(frame["an"] > 0)
+    frame["average"] = weighted.fillna(plain)
+    if step:
+        frame["t"] = pd.to_datetime(frame["t"].astype("int64"), unit="s", utc=True)
+    return frame[[*keys, "total", "count", "average", "minimum", "maximum"]]
+
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+def status_totals(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    *,
+    by_deployment: bool = True,
+    step: int | None = None,
+    top: int | None = None,
+) -> pd.DataFrame:
+    """requests, errors (4xx/5xx but 429), throttled (429) per [deployment] × [t], summed in SQL.
+
+    For views that need the split but not every status code (30 days × 50 deployments × hours
+    would otherwise return a quarter of a million rows). ``top``: only the ``top`` keys with
+    the most failed (errors + 429) requests, ranked by the database when one segment suffices.
+    """
+    keys = [*(["deployment_id"] if by_deployment else []), *(["t"] if step else [])]
+    segments = _segments(conn, window, step) if ids else []
+    sqlite = conn.dialect.name == "sqlite"
+    frames = []
+    for grain, lo, hi in segments:
+        table, time_col, extra = _metric_source(grain)
+        as_text = bool(step) and sqlite and GRAIN_SIZE[grain].total_seconds() == step
+        if not step:
+            tcol = []
+        elif as_text:
+            tcol = [type_coerce(time_col, String).label("t")]
+        else:
+            tcol = [_epoch_bucket(conn, time_col, step).label("t")]
+        group = [*([table.c.deployment_id] if by_deployment else []), *tcol]
+        code = table.c.status_code
+        is_error = (code >= "400") & (code < "600") & (code != "429")
+        errors = func.sum(case((is_error, table.c.total), else_=0))
+        throttled = func.sum(case((code == "429", table.c.total), else_=0))
+        cols = [*group, func.sum(table.c.total), errors, throttled]
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            query = select(*cols).where(
+                table.c.deployment_id.in_(chunk),
+                table.c.metric == REQUESTS,
+                *extra,
+                time_col >= lo,
+                time_col < hi,
+            )
+            if group:
+                query = query.group_by(*group)
+            if top and len(segments) == 1:
+                query = query.order_by((errors + throttled).desc(), *group).limit(top)
+            rows.extend(conn.execute(query).all())
+        if rows:
+            part = pd.DataFrame.from_records(
+                rows, columns=[*keys, "requests", "errors", "throttled"], coerce_float=True
+            )
+            if as_text:
+                stamps = pd.to_datetime(part["t"], format="%Y-%m-%d %H:%M:%S.%f", utc=True)
+                part["t"] = (stamps - _EPOCH) // pd.Timedelta(seconds=1)
+            frames.append(part)
+    values = ["requests", "errors", "throttled"]
+    if not frames:
+        frame = pd.DataFrame(columns=[*keys, *values])
+    else:  # chunks hold disjoint deployments; segments may repeat a key: fold those
+        frame = pd.concat(frames, ignore_index=True)
+        for col in values:
+            frame[col] = pd.to_numeric(frame[col]).fillna(0)
+        if not keys:
+            frame = pd.DataFrame([frame[values].sum()])
+        elif len(frames) > 1:
+            frame = frame.groupby(keys, as_index=False)[values].sum()
+    for col in values:
+        frame[col] = pd.to_numeric(frame[col]).fillna(0).round().astype("int64")
+    frame["failed"] = frame["errors"] + frame["throttled"]
+    denom = frame["requests"].where(frame["requests"] > 0)
+    frame["error_pct"] = 100 * frame["errors"] / denom
+    frame["throttled_pct"] = 100 * frame["throttled"] / denom
+    if step and not frame.empty:
+        frame["t"] = pd.to_datetime(frame["t"].astype("int64"), unit="s", utc=True)
+    if top:
+        frame = frame[frame["failed"] > 0].sort_values(
+            ["failed", *keys], ascending=[False, *([True] * len(keys))]
+        )
+        frame = frame.head(top)
+    return frame.reset_index(drop=True)
+
+
+def status_class_of(code: Any) -> str:
+    """Metric status codes are strings ('200', '429'); '' or junk is 'other'."""
+    try:
+        return rollups.status_class(int(str(code)))
+    except ValueError:
+        return "other"
+
+
+def error_class_of(code: Any) -> str | None:
+    """'401'/'403'/'404'/'429' by name, other 4xx/5xx as '4xx'/'5xx', successes None."""
+    cls = status_class_of(code)
+    if cls in ("2xx", "other"):
+        return None
+    text = str(code).strip()
+    if text in ("401", "403", "404", "429"):
+        return text
+    return cls
+
+
+def request_counts(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    *,
+    by_deployment: bool = True,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """``ModelRequests`` per [deployment] × [t] × status code, with its status/error class."""
+    frame = metric_sums(
+        conn, window, ids, [REQUESTS], by_deployment=by_deployment, by_status=True, step=step
+    )
+    return _counts(frame)
+
+
+def _counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """``metric_sums`` rows of ``ModelRequests`` → request counts with their classes."""
+    frame = frame[frame["metric"] == REQUESTS].rename(columns={"total": "requests"})
+    frame["requests"] = frame["requests"].fillna(0).round().astype("int64")
+    codes = frame["status_code"].unique()
+    frame["status_class"] = frame["status_code"].map({c: status_class_of(c) for c in codes})
+    frame["error_class"] = frame["status_code"].map({c: error_class_of(c) for c in codes})
+    keys = [c for c in ("deployment_id", "t") if c in frame.columns]
+    return frame[[*keys, "status_code", "status_class", "error_class", "requests"]]
+
+
+def _token_totals(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``metric_sums`` rows of token metrics → one column per token kind, per key."""
+    kinds = list(TOKEN_METRICS.values())
+    tok = frame[frame["metric"].isin(list(TOKEN_METRICS))]
+    if tok.empty:
+        return pd.DataFrame(columns=[*keys, *kinds])
+    tok = tok.assign(kind=tok["metric"].map(TOKEN_METRICS))
+    if keys:
+        wide = tok.pivot_table(index=keys, columns="kind", values="total", aggfunc="sum")
+        wide = wide.reset_index()
+    else:
+        wide = pd.DataFrame([tok.groupby("kind")["total"].sum()])
+    for kind in kinds:
+        if kind not in wide.columns:
+            wide[kind] = 0.0
+    wide[kinds] = wide[kinds].fillna(0).round().astype("int64")
+    wide.columns.name = None
+    return wide[[*keys, *kinds]]
+
+
+def summarize_counts(counts: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """requests, errors (4xx/5xx other than 429), throttled (429), error % and 429 % per key."""
+    keys = list(keys)
+    if counts.empty:
+        return pd.DataFrame(
+            columns=[*keys, "requests", "errors", "throttled", "error_pct", "throttled_pct"]
+        )
+    c = counts.assign(
+        errors=counts["requests"].where(counts["status_class"].isin(["4xx", "5xx"]), 0),
+        throttled=counts["requests"].where(counts["status_class"] == "429", 0),
+    )
+    if keys:
+        out = c.groupby(keys, as_index=False)[["requests", "errors", "throttled"]].sum()
+    else:
+        out = pd.DataFrame([c[["requests", "errors", "throttled"]].sum()])
+    denom = out["requests"].where(out["requests"] > 0)
+    out["error_pct"] = 100 * out["errors"] / denom
+    out["throttled_pct"] = 100 * out["throttled"] / denom
+    return out
+
+
+def token_sums(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    *,
+    by_deployment: bool = True,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """Token totals (in, out, cache read/write) per [deployment] × [t], one column per kind."""
+    frame = metric_sums(
+        conn, window, ids, list(TOKEN_METRICS), by_deployment=by_deployment, step=step
+    )
+    keys = [c for c in ("deployment_id", "t") if c in frame.columns]
+    return _token_totals(frame, keys)
+
+
+def latency_metrics(
+    conn: Connection, window: Window, ids: Sequence[int], *, step: int | None = None
+) -> pd.DataFrame:
+    """Azure's TimeToLastByte and NormalizedTimeToFirstToken: count-weighted mean, min, max."""
+    frame = metric_sums(conn, window, ids, [TTLB, NTTFT], by_deployment=False, step=step)
+    return frame
+
+
+# --------------------------------------------------------------------------- latency histograms
+
+
+def _latency_source(grain: str) -> tuple[Table, list[Any]]:
+    if grain == "minute":
+        return LatencyRollup.__table__, []
+    table = coarse.latency_rollups_coarse
+    return table, [table.c.grain == grain]
+
+
+def latency(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    *,
+    classes: Sequence[str] = ("2xx",),
+    by_deployment: bool = True,
+    step: int | None = None,
+    ps: Sequence[float] = (50, 95, 99),
+    hist_classes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Merged latency histograms per [deployment] × [t]: count, mean, min, max and percentiles.
+
+    Columns ``p50``, ``p95``, ``p99`` (ms) are nearest-rank percentiles within
+    ``collector.rollups.RELATIVE_ACCURACY`` of exact. ``count`` covers ``classes``; the
+    latency columns only ``hist_classes`` (default: the same), so one read gives "requests
+    logged" and "latency of successes" together.
+    """
+    keys = [*(["deployment_id"] if by_deployment else []), *(["t"] if step else [])]
+    acc = _latency_acc(conn, window, ids, classes, hist_classes, by_deployment, step)
+    return _latency_frame(acc, keys, ps, step)
+
+
+def _latency_acc(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    classes: Sequence[str],
+    hist_classes: Sequence[str] | None,
+    by_deployment: bool,
+    step: int | None,
+) -> dict[tuple, list[Any]]:
+    """key → [count, sum_ms, min_ms, max_ms, histogram parts], reading each row once.
+
+    Histogram parts: one ``{key: count}`` dict merging the minute rows (JSON) and a list of
+    ``dense.Dense`` from hour/day rows; ``_merged`` combines them.
+    """
+    hist_set = set(hist_classes if hist_classes is not None else classes)
+    acc: dict[tuple, list[Any]] = {}
+    if not ids:
+        return acc
+    counted_only = [c for c in classes if c not in hist_set]
+    for grain, lo, hi in _segments(conn, window, step):
+        table, extra = _latency_source(grain)
+        cols = [
+            table.c.deployment_id,
+            table.c.bucket,
+            table.c["count"],
+            table.c.sum_ms,
+            table.c.min_ms,
+            table.c.max_ms,
+            table.c.histogram,
+        ]
+        for chunk in _chunks(ids):
+            where = [
+                table.c.deployment_id.in_(chunk),
+                *extra,
+                table.c.bucket >= lo,
+                table.c.bucket < hi,
+            ]
+            if counted_only:  # classes only counted: summed by the database, no histograms
+                group = [table.c.deployment_id, *([table.c.bucket] if step else [])]
+                counted = (
+                    select(*group, func.sum(table.c["count"]))
+                    .where(*where, table.c.status_class.in_(counted_only))
+                    .group_by(*group)
+                )
+                for dep, *rest in conn.execute(counted):
+                    bucket, count = rest if step else (None, rest[0])
+                    key = ((dep,) if by_deployment else ()) + (
+                        (int(bucket.timestamp()) // step * step,) if step else ()
+                    )
+                    a = acc.get(key)
+                    if a is None:
+                        a = acc[key] = [0, 0.0, None, None, ({}, [])]
+                    a[0] += count
+            query = select(*cols).where(*where, table.c.status_class.in_(sorted(hist_set)))
+            for dep, bucket, count, sum_ms, min_ms, max_ms, hist in conn.execute(query):
+                key: tuple = ()
+                if by_deployment:
+                    key += (dep,)
+                if step:
+                    key += (int(bucket.timestamp()) // step * step,)
+                a = acc.get(key)
+                if a is None:
+                    a = acc[key] = [0, 0.0, None, None, ({}, [])]
+                a[0] += count
+                a[1] += sum_ms or 0.0
+                if min_ms is not None:
+                    a[2] = min_ms if a[2] is None else min(a[2], min_ms)
+                if max_ms is not None:
+                    a[3] = max_ms if a[3] is None else max(a[3], max_ms)
+                if not hist:
+                    continue
+                if grain != "minute":
+                    a[4][1].append(dense.unpack(hist))
+                    continue
+                merged = a[4][0]
+                get = merged.get
+                for k, c in hist.items():
+                    merged[k] = get(k, 0) + c
+    return acc
+
+
+def _merged(parts: tuple[dict[str, int], list[dense.Dense]]) -> dense.Dense:
+    minutes, coarse_parts = parts
+    return dense.merge([*coarse_parts, dense.from_dict(minutes)] if minutes else coarse_parts)
+
+
+def _latency_frame(
+    acc: dict[tuple, list[Any]], keys: list[str], ps: Sequence[float], step: int | None
+) -> pd.DataFrame:
+    pcols = [f"p{p:g}" for p in ps]
+    rows = []
+    for key, (count, sum_ms, min_ms, max_ms, parts) in acc.items():
+        merged = _merged(parts)
+        pcts = dense.percentiles(merged, ps) if ps else {}
+        n = merged.total
+        rows.append(
+            (*key, count, sum_ms / n if n else None, min_ms, max_ms, *(pcts[p] for p in ps))
+        )
+    frame = pd.DataFrame(rows, columns=[*keys, "count", "mean_ms", "min_ms", "max_ms", *pcols])
+    if step and not frame.empty:
+        frame["t"] = pd.to_datetime(frame["t"], unit="s", utc=True)
+    return frame.sort_values(keys).reset_index(drop=True) if keys else frame
+
+
+# --------------------------------------------------------------------------- page summaries
+
+
+def kpis(conn: Connection, window: Window, ids: Sequence[int]) -> dict[str, float | None]:
+    """The Overview tiles for one window (call twice for the change vs the previous period)."""
+    frame = metric_sums(
+        conn, window, ids, [REQUESTS, *TOKEN_METRICS], by_deployment=False, by_status=True
+    )
+    s = summarize_counts(_counts(frame), [])
+    lat = latency(conn, window, ids, by_deployment=False)
+    tok = _token_totals(frame, [])
+    row = s.iloc[0] if not s.empty else None
+    tokens = tok.iloc[0] if not tok.empty else None
+    return {
+        "requests": float(row["requests"]) if row is not None else 0.0,
+        "error_pct": _num(row["error_pct"]) if row is not None else None,
+        "throttled_pct": _num(row["throttled_pct"]) if row is not None else None,
+        "p95_ms": _num(lat["p95"].iloc[0]) if not lat.empty else None,
+        "tokens_in": float(tokens["tokens_in"]) if tokens is not None else 0.0,
+        "tokens_out": float(tokens["tokens_out"]) if tokens is not None else 0.0,
+    }
+
+
+def _num(value: Any) -> float | None:
+    if value is None or pd.isna(value):
+        return None
+    return float(value)
+
+
+def overview(
+    conn: Connection, window: Window, ids: Sequence[int], cat: pd.DataFrame
+) -> tuple[dict[str, float | None], pd.DataFrame]:
+    """The Overview's tiles and per-deployment table for one window, each row read once.
+
+    Table: one row per selected deployment (traffic, p50/p95/p99, error and 429 %, tokens).
+    Deployments without metric counts fall back to the number of logged requests (``source``
+    says which), so a store fed only by logs still shows traffic. The tiles' p95 merges the
+    same per-deployment histograms.
+    """
+    frame = metric_sums(
+        conn, window, ids, [REQUESTS, "InputTokens", "OutputTokens"], by_status=True
+    )
+    counts = _counts(frame)
+    acc = _latency_acc(conn, window, ids, STATUS_CLASSES, ("2xx",), True, None)
+    lat = _latency_frame(acc, ["deployment_id"], (50, 95, 99), None)
+    tok = _token_totals(frame, ["deployment_id"])
+    base = cat[cat["deployment_id"].isin(ids)][
+        ["deployment_id", "label", "deployment", "resource", "model"]
+    ]
+    out = base.merge(summarize_counts(counts, ["deployment_id"]), on="deployment_id", how="left")
+    lat = lat.rename(columns={"count": "logged"})[["deployment_id", "logged", "p50", "p95", "p99"]]
+    out = out.merge(lat, on="deployment_id", how="left")
+    out = out.merge(
+        tok[["deployment_id", "tokens_in", "tokens_out"]], on="deployment_id", how="left"
+    )
+    for col in ("requests", "errors", "throttled", "logged", "tokens_in", "tokens_out"):
+        out[col] = out[col].fillna(0).astype("int64")
+    from_logs = (out["requests"] == 0) & (out["logged"] > 0)
+    out.loc[from_logs, "requests"] = out.loc[from_logs, "logged"]
+    out["source"] = "metrics"
+    out.loc[from_logs, "source"] = "logs"
+    out.loc[(out["requests"] == 0), "source"] = "no data"
+    table = out.sort_values(["requests", "label"], ascending=[False, True]).reset_index(drop=True)
+    total = summarize_counts(counts, [])
+    row = total.iloc[0] if not total.empty else None
+    overall = dense.percentiles(dense.merge(_merged(a[4]) for a in acc.values()), (95,))[95]
+    tiles = {
+        "requests": float(row["requests"]) if row is not None else 0.0,
+        "error_pct": _num(row["error_pct"]) if row is not None else None,
+        "throttled_pct": _num(row["throttled_pct"]) if row is not None else None,
+        "p95_ms": overall,
+        "tokens_in": float(tok["tokens_in"].sum()) if not tok.empty else 0.0,
+        "tokens_out": float(tok["tokens_out"].sum()) if not tok.empty else 0.0,
+    }
+    return tiles, table
+
+
+def deployment_table(
+    conn: Connection, window: Window, ids: Sequence[int], cat: pd.DataFrame
+) -> pd.DataFrame:
+    """The per-deployment table of ``overview``."""
+    return overview(conn, window, ids, cat)[1]
+
+
+def top_error_times(
+    conn: Connection, window: Window, ids: Sequence[int], n: int = 10
+) -> tuple[str, pd.DataFrame]:
+    """The busiest error minutes (windows up to 26 h), hours (up to 8 days) or days.
+
+    Returns (unit, frame with t, deployment_id, requests, errors, throttled, failed, error_pct).
+    Longer windows rank coarser buckets because ranking minutes over 30 days would mean
+    reading every minute; the database does the ranking (ORDER BY … LIMIT).
+    """
+    if window.span <= timedelta(hours=26):
+        step, unit = 60, "minute"
+    elif window.span <= timedelta(days=8):
+        step, unit = 3600, "hour"
+    else:
+        step, unit = 86400, "day"
+    return unit, status_totals(conn, window, ids, step=step, top=n)
+
+
+def throttle_bursts(series: pd.DataFrame, min_pct: float = 5.0, min_count: int = 3) -> list:
+    """Contiguous runs of buckets whose 429 share is at least ``min_pct``: [(start, end)].
+
+    ``series`` has ``t`` (sorted), ``throttled`` and ``throttled_pct``; the end of a run is the
+    start of the first bucket after it (the caller's step added to the last bucket).
+    """
+    runs: list[list[Any]] = []
+    hot = series[(series["throttled_pct"] >= min_pct) & (series["throttled"] >= min_count)]
+    for t in hot["t"]:
+        if runs and t - runs[-1][1] <= runs[-1][2]:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t, _gap(series)])
+    return [(a, b) for a, b, _ in runs]
+
+
+def _gap(series: pd.DataFrame) -> timedelta:
+    ts = series["t"].sort_values()
+    if len(ts) < 2:
+        return timedelta(minutes=1)
+    return (ts.diff().dropna().min()).to_pytimedelta()
+
+
+# --------------------------------------------------------------------------- spend
+
+
+def _day_bounds(first: date, last: date) -> Window:
+    return Window(
+        datetime(first.year, first.month, first.day, tzinfo=UTC),
+        datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1),
+    )
+
+
+def _daily_totals(
+    conn: Connection, window: Window, ids: Sequence[int], metrics: Sequence[str]
+) -> dict[tuple[int, date, str], float]:
+    """{(deployment, UTC day, metric): total} — ``metric_sums`` without pandas, for the few
+    thousand rows a month of daily spend needs (its frame building would cost more than the
+    query)."""
+    out: dict[tuple[int, date, str], float] = defaultdict(float)
+    for grain, lo, hi in _segments(conn, window, 86400) if ids else []:
+        table, time_col, extra = _metric_source(grain)
+        day = _epoch_bucket(conn, time_col, 86400).label("t")
+        for chunk in _chunks(ids):
+            query = (
+                select(table.c.deployment_id, day, table.c.metric, func.sum(table.c.total))
+                .where(
+                    table.c.deployment_id.in_(chunk),
+                    table.c.metric.in_(list(metrics)),
+                    *extra,
+                    time_col >= lo,
+                    time_col < hi,
+                )
+                .group_by(table.c.deployment_id, day, table.c.metric)
+            )
+            for dep, t, metric, total in conn.execute(query):
+                if total is not None:
+                    d = datetime.fromtimestamp(int(t), UTC).date()
+                    out[(int(dep), d, metric)] += float(total)
+    return out
+
+
+def estimated_spend(
+    conn: Connection, first: date, last: date, ids: Sequence[int]
+) -> list[spend.EstimatedSpend]:
+    """``collector.spend.estimated_spend`` computed from day rollups instead of minutes.
+
+    Same rows, same pricing (``spend.price_tokens``), but a 30-day range reads day buckets.
+    """
+    totals = _daily_totals(conn, _day_bounds(first, last), ids, list(TOKEN_METRICS))
+    if not totals:
+        return []
+    deps = {
+        r.id: r
+        for r in conn.execute(
+            select(
+                Deployment.id,
+                Deployment.name,
+                Deployment.model_name,
+                Resource.arm_id,
+                Resource.subscription_id,
+                Resource.resource_group,
+            ).join(Resource, Resource.id == Deployment.resource_id)
+        )
+    }
+    prices = _prices(conn)
+    per: dict[tuple[int, date], dict[str, int]] = defaultdict(dict)
+    for (dep_id, day, metric), total in totals.items():
+        kind = spend.TOKEN_METRICS[metric.lower()]
+        counts = per[(dep_id, day)]
+        counts[kind] = counts.get(kind, 0) + round(total)
+    out = []
+    for (dep_id, d), counts in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        dep = deps.get(dep_id)
+        if dep is None:
+            continue
+        price = prices.get(spend.normalize_model(dep.model_name))
+        out.append(
+            spend.EstimatedSpend(
+                day=d,
+                deployment_id=dep_id,
+                deployment_name=dep.name,
+                resource_arm_id=dep.arm_id,
+                subscription_id=dep.subscription_id,
+                resource_group=dep.resource_group,
+                model_name=dep.model_name,
+                input_tokens=counts.get("input", 0),
+                output_tokens=counts.get("output", 0),
+                cache_read_tokens=counts.get("cache_read", 0),
+                cache_write_5m_tokens=counts.get("cache_write_5m", 0),
+                cache_write_1h_tokens=counts.get("cache_write_1h", 0),
+                cost=None if price is None else spend.price_tokens(counts, price),
+                currency=price.currency if price is not None else "",
+            )
+        )
+    return out
+
+
+def spend_data(conn: Connection, first: date, last: date) -> SpendData:
+    """Estimated (from day rollups) and billed spend of every deployment, as the budget
+    alerts see it (``alerts.budgets.SpendData``): one read serves charts and budgets."""
+    all_ids = list(conn.execute(select(Deployment.id)).scalars())
+    est = estimated_spend(conn, first, last, all_ids)
+    billed = spend.billed_spend(conn, first, last, estimated=est)
+    return SpendData(first, last, est, billed)
+
+
+def daily_spend(conn: Connection, first: date, last: date, ids: Sequence[int]) -> pd.DataFrame:
+    """``spend_frame`` of ``spend_data`` for the days ``first``..``last``."""
+    all_ids = list(conn.execute(select(Deployment.id)).scalars())
+    return spend_frame(spend_data(conn, first, last), ids, len(set(ids)) == len(all_ids))
+
+
+def spend_frame(
+    data: SpendData,
+    ids: Sequence[int],
+    everything: bool,
+    first: date | None = None,
+    last: date | None = None,
+) -> pd.DataFrame:
+    """Per day and deployment: estimated, billed (split of the group's bill), gap, and ``spend``
+    (billed where the bill has arrived, else estimated) with ``basis`` saying which.
+
+    Bills are split over *all* deployments of a group (the split needs every member), then
+    the selection is kept. Unattributed bills (a group with no tokens that day) have
+    ``deployment_id`` NaN and are kept only when ``everything`` is selected.
+    """
+    first = first or data.first
+    last = last or data.last
+    e = pd.DataFrame(
+        [
+            (
+                x.day,
+                x.deployment_id,
+                _f(x.cost),
+                x.currency,
+                x.tokens,
+                x.input_tokens,
+                x.output_tokens,
+            )
+            for x in data.estimated
+            if first <= x.day <= last
+        ],
+        columns=[
+            "day",
+            "deployment_id",
+            "estimated",
+            "currency",
+            "tokens",
+            "tokens_in",
+            "tokens_out",
+        ],
+    )
+    b = pd.DataFrame(
+        [
+            (x.day, x.deployment_id, _f(x.cost), x.currency, x.resource_group, x.model_name)
+            for x in data.billed
+            if first <= x.day <= last
+        ],
+        columns=["day", "deployment_id", "billed", "bill_currency", "bill_group", "bill_model"],
+    )
+    b = b.groupby(["day", "deployment_id"], as_index=False, dropna=False).agg(
+        billed=("billed", "sum"),
+        bill_currency=("bill_currency", "first"),
+        bill_group=("bill_group", "first"),
+        bill_model=("bill_model", "first"),
+    )
+    out = e.merge(b, on=["day", "deployment_id"], how="outer")
+    out["currency"] = out["currency"].fillna(out["bill_currency"]).fillna("")
+    out.loc[out["currency"] == "", "currency"] = out["bill_currency"].fillna("")
+    out["gap"] = out["billed"] - out["estimated"]
+    out["spend"] = out["billed"].fillna(out["estimated"])
+    out["basis"] = out["billed"].notna().map({True: "billed", False: "estimated"})
+    keep = out["deployment_id"].isin([int(i) for i in ids])
+    if everything:
+        keep |= out["deployment_id"].isna()
+    out = out[keep].drop(columns=["bill_currency"])
+    for col in ("tokens", "tokens_in", "tokens_out"):
+        out[col] = out[col].fillna(0).astype("int64")
+    return out.sort_values(["day", "deployment_id"]).reset_index(drop=True)
+
+
+def budget_configs(conn: Connection) -> tuple[list[BudgetConfig], list[str]]:
+    """The budgets the alerts mirrored into the ``budgets`` table, as ``BudgetConfig``."""
+    configs, problems = [], []
+    for row in conn.execute(select(*Budget.__table__.columns).order_by(Budget.name)):
+        thresholds = row.thresholds or {}
+        try:
+            configs.append(
+                BudgetConfig(
+                    name=row.name,
+                    scope=row.scope_kind,
+                    pattern=row.scope_pattern or "*",
+                    amount=Decimal(row.amount),
+                    currency=row.currency,
+                    thresholds=thresholds.get("percent") or [50.0, 80.0, 100.0],
+                    forecast_thresholds=thresholds.get("forecast", [100.0]),
+                    spend=row.spend_basis,
+                    timezone=row.timezone or "UTC",
+                )
+            )
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            problems.append(f"budget {row.name}: {str(exc).splitlines()[0]}")
+    return configs, problems
+
+
+def budget_frame(configs: Sequence[BudgetConfig], data: SpendData, now: datetime) -> pd.DataFrame:
+    """Month to date and forecast per budget, exactly as the budget alerts evaluate them."""
+    rows = []
+    for budget in configs:
+        status = evaluate_budget(budget, data, now)
+        f = status.forecast
+        rows.append(
+            {
+                "name": budget.name,
+                "scope": f"{budget.scope}: {budget.pattern}",
+                "basis": budget.spend,
+                "amount": float(budget.amount),
+                "currency": budget.currency,
+                "mtd": float(f.month_to_date),
+                "forecast": None if f.month_end is None else float(f.month_end),
+                "mtd_pct": status.actual_pct,
+                "forecast_pct": status.forecast_pct,
+                "known_through": f.known_through,
+                "notes": "; ".join(status.notes),
+            }
+        )
+    columns = ["name", "scope", "basis", "amount", "currency", "mtd", "forecast", "mtd_pct"]
+    return pd.DataFrame(rows, columns=[*columns, "forecast_pct", "known_through", "notes"])
+
+
+def spend_view(
+    conn: Connection, first: date, last: date, ids: Sequence[int], now: datetime
+) -> dict[str, Any]:
+    """Everything the Spend page shows from one read of spend: the days ``first``..``last`` of
+    the selection, and every budget (which may cover other deployments and days)."""
+    configs, problems = budget_configs(conn)
+    b_first, b_last = budget_range(configs, now)
+    data = spend_data(conn, min(first, b_first), max(last, b_last))
+    all_ids = list(conn.execute(select(Deployment.id)).scalars())
+    everything = len(set(ids)) == len(all_ids)
+    return {
+        "daily": spend_frame(data, ids, everything, first, last),
+        "budgets": budget_frame(configs, data, now),
+        "problems": problems,
+    }
+
+
+def budget_range(configs: Sequence[BudgetConfig], now: datetime) -> tuple[date, date]:
+    """Days a budget evaluation reads (its month and forecast lookback), up to today."""
+    first, _last = spend_range(list(configs), now)
+    return first, now.date()
+
+
+def _f(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def top_meters(conn: Connection, first: date, last: date, n: int = 10) -> pd.DataFrame:
+    """Cost per meter over the days (ActualCost), largest first."""
+    rows = conn.execute(
+        select(
+            Cost.meter,
+            Cost.meter_category,
+            Cost.model_name,
+            Cost.currency,
+            func.sum(Cost.cost).label("cost"),
+        )
+        .where(Cost.cost_type == "ActualCost", Cost.day >= first, Cost.day <= last)
+        .group_by(Cost.meter, Cost.meter_category, Cost.model_name, Cost.currency)
+        .order_by(func.sum(Cost.cost).desc())
+        .limit(n)
+    ).all()
+    frame = pd.DataFrame(
+        [tuple(r) for r in rows], columns=["meter", "category", "model", "currency", "cost"]
+    )
+    frame["cost"] = frame["cost"].astype(float)
+    return frame
+
+
+# --------------------------------------------------------------------------- collector health
+
+
+#: How old a source's last good run may be before every page warns (seconds).
+def stale_after(source: str, interval_s: int) -> int:
+    """A source is stale after 3 missed cycles (at least 10 minutes)."""
+    return max(3 * interval_s, 600)
+
+
+def last_runs(conn: Connection) -> pd.DataFrame:
+    """The newest run per job and scope, with its numbers."""
+    latest = (
+        select(CollectorRun.job, CollectorRun.scope, func.max(CollectorRun.id).label("id"))
+        .group_by(CollectorRun.job, CollectorRun.scope)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(
+            CollectorRun.job,
+            CollectorRun.scope,
+            CollectorRun.status,
+            CollectorRun.started_at,
+            CollectorRun.finished_at,
+            CollectorRun.window_start,
+            CollectorRun.window_end,
+            CollectorRun.rows,
+            CollectorRun.api_calls,
+            CollectorRun.duration_ms,
+            CollectorRun.error,
+        )
+        .join(latest, CollectorRun.id == latest.c.id)
+        .order_by(CollectorRun.job, CollectorRun.scope)
+    ).all()
+    frame = pd.DataFrame(
+        [tuple(r) for r in rows],
+        columns=[
+            "job",
+            "scope",
+            "status",
+            "started_at",
+            "finished_at",
+            "window_start",
+            "window_end",
+            "rows",
+            "api_calls",
+            "duration_ms",
+            "error",
+        ],
+    )
+    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0] if e else "")
+    return frame
+
+
+def runs(conn: Connection, since: datetime, limit: int = 2000) -> pd.DataFrame:
+    """Runs started since ``since``, newest first (rows and API calls per run)."""
+    rows = conn.execute(
+        select(
+            CollectorRun.id,
+            CollectorRun.job,
+            CollectorRun.scope,
+            CollectorRun.status,
+            CollectorRun.started_at,
+            CollectorRun.rows,
+            CollectorRun.api_calls,
+            CollectorRun.duration_ms,
+            CollectorRun.error,
+        )
+        .where(CollectorRun.started_at >= since)
+        .order_by(CollectorRun.started_at.desc())
+        .limit(limit)
+    ).all()
+    frame = pd.DataFrame(
+        [tuple(r) for r in rows],
+        columns=[
+            "id",
+            "job",
+            "scope",
+            "status",
+            "started_at",
+            "rows",
+            "api_calls",
+            "duration_ms",
+            "error",
+        ],
+    )
+    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0] if e else "")
+    return frame
+
+
+def watermarks(conn: Connection, now: datetime) -> pd.DataFrame:
+    rows = conn.execute(
+        select(
+            Watermark.source, Watermark.scope, Watermark.high_water, Watermark.updated_at
+        ).order_by(Watermark.source, Watermark.scope)
+    ).all()
+    return pd.DataFrame(
+        [
+            {
+                "source": w.source,
+                "scope": w.scope,
+                "high_water": w.high_water,
+                "lag_s": (now - w.high_water).total_seconds(),
+                "updated_at": w.updated_at,
+            }
+            for w in rows
+        ],
+        columns=["source", "scope", "high_water", "lag_s", "updated_at"],
+    )
+
+
+def freshness(conn: Connection, now: datetime, intervals: dict[str, int]) -> pd.DataFrame:
+    """Per source: last successful finish over its scopes, and which scopes are stale.
+
+    A source is stale when any of its scopes has not finished a good (ok/partial) run within
+    ``stale_after`` — one failing workspace is worth a banner even if the others are fine. A
+    source that never ran at all is ``never`` (the banner explains how to start collecting).
+    ``stale_scopes`` lists the stale scopes with their last status, error line and age.
+    """
+    ok = (
+        select(
+            CollectorRun.job,
+            CollectorRun.scope,
+            func.max(CollectorRun.finished_at).label("last_ok"),
+        )
+        .where(CollectorRun.status.in_(["ok", "partial"]))
+        .group_by(CollectorRun.job, CollectorRun.scope)
+    )
+    last_ok = {(r.job, r.scope): r.last_ok for r in conn.execute(ok)}
+    latest = last_runs(conn)
+    rows = []
+    for source, interval in intervals.items():
+        limit = stale_after(source, interval)
+        mine = latest[latest["job"] == source]
+        if mine.empty:
+            rows.append((source, None, None, limit, "never", []))
+            continue
+        stale, newest = [], None
+        for run in mine.itertuples():
+            t = last_ok.get((source, run.scope))
+            if t is not None and (newest is None or t > newest):
+                newest = t
+            if t is None or (now - t).total_seconds() > limit:
+                stale.append(
+                    {
+                        "scope": run.scope or "(all)",
+                        "status": run.status,
+                        "error": run.error,
+                        "age_s": None if t is None else (now - t).total_seconds(),
+                    }
+                )
+        oldest_ok = [last_ok.get((source, s)) for s in mine["scope"]]
+        ages = [(now - t).total_seconds() if t else None for t in oldest_ok]
+        age = None if any(a is None for a in ages) else max(ages)
+        rows.append((source, newest, age, limit, "stale" if stale else "fresh", stale))
+    return pd.DataFrame(
+        rows, columns=["source", "last_ok", "age_s", "stale_after_s", "state", "stale_scopes"]
+    )
+
+
+# --------------------------------------------------------------------------- request lookup
+
+
+def id_kind(text: str) -> str | None:
+    """'request-id' (req_…), 'apim-request-id' (UUID) or None when it is neither."""
+    text = text.strip()
+    if _REQ_ID.match(text):
+        return "request-id"
+    if _UUID.match(text):
+        return "apim-request-id"
+    return None
+
+
+def find_request(conn: Connection, text: str) -> pd.DataFrame:
+    """The stored request(s) with this Anthropic request id or Azure correlation id."""
+    text = text.strip()
+    kind = id_kind(text)
+    if kind is None:
+        return pd.DataFrame()
+    cond = (
+        Request.request_id == text
+        if kind == "request-id"
+        else or_(Request.correlation_id == text.lower(), Request.correlation_id == text)
+    )
+    rows = conn.execute(
+        select(
+            *Request.__table__.columns,
+            Resource.name.label("resource"),
+            Resource.location.label("region"),
+        )
+        .outerjoin(Resource, Resource.id == Request.resource_id)
+        .where(cond)
+        .order_by(Request.time)
+        .limit(20)
+    ).all()
+    out = [dict(r._mapping) for r in rows]
+    for d in out:
+        d["resource"] = d["resource"] or ""
+        d["region"] = d["region"] or ""
+    return pd.DataFrame(out)
+
+
+def request_context(
+    conn: Connection, deployment_id: int, at: datetime, minutes: int = 15
+) -> dict[str, pd.DataFrame]:
+    """Around a request: its deployment's counts and p95 ±``minutes`` vs the previous 24 h."""
+    around = Window(at - timedelta(minutes=minutes), at + timedelta(minutes=minutes + 1))
+    usual = Window(at - timedelta(days=1), at - timedelta(minutes=minutes))
+    out = {}
+    for name, w in (("around", around), ("usual", usual)):
+        counts = summarize_counts(request_counts(conn, w, [deployment_id]), [])
+        lat = latency(conn, w, [deployment_id], by_deployment=False)
+        row = counts.iloc[0].to_dict() if not counts.empty else {}
+        row["p95"] = _num(lat["p95"].iloc[0]) if not lat.empty else None
+        row["minutes"] = w.span.total_seconds() / 60
+        out[name] = row
+    return out
+
+
+def with_labels(frame: pd.DataFrame, cat: pd.DataFrame) -> pd.DataFrame:
+    """Add the deployment label (and model/resource) to a frame keyed by ``deployment_id``."""
+    if frame.empty or "deployment_id" not in frame.columns:
+        return frame.assign(label=pd.Series(dtype=str))
+    return frame.merge(
+        cat[["deployment_id", "label", "model", "resource"]], on="deployment_id", how="left"
+    )
+
+
+def overview_spend(
+    conn: Connection, window: Window, ids: Sequence[int], now: datetime
+) -> dict[str, Any]:
+    """Spend for the Overview from one read: month to date of the selection, per deployment
+    the estimated cost of the window's tokens and the billed cost of the UTC days it touches,
+    and the status of the budgets that cover everything (scope ``all``).
+
+    Returns ``{"mtd", "currency", "per_deployment", "budgets"}``.
+    """
+    today = now.date()
+    first = window.start.date()
+    last = (window.end - timedelta(microseconds=1)).date()
+    month = today.replace(day=1)
+    configs, _problems = budget_configs(conn)
+    overall = [c for c in configs if c.scope == "all"]
+    b_first, _ = budget_range(overall, now) if overall else (month, today)
+    data = spend_data(conn, min(first, month, b_first), max(last, today))
+    all_ids = list(conn.execute(select(Deployment.id)).scalars())
+    daily = spend_frame(data, ids, len(set(ids)) == len(all_ids))
+    in_window = daily[(daily["day"] >= first) & (daily["day"] <= last)]
+    whole_days = window.start == coarse.floor_to(window.start, coarse.DAY) and (
+        window.open_end or window.end == coarse.floor_to(window.end, coarse.DAY)
+    )
+    if whole_days:  # the daily estimates are the window's estimate: no second read
+        est = in_window.dropna(subset=["deployment_id"]).groupby("deployment_id")["estimated"]
+        est = est.sum(min_count=1)
+        frame = pd.DataFrame(
+            {"deployment_id": [int(i) for i in ids], "estimated": [est.get(i) for i in ids]}
+        )
+    else:
+        frame = _window_estimate(conn, window, ids)
+    billed = (
+        in_window.dropna(subset=["deployment_id"])
+        .groupby("deployment_id", as_index=False)["billed"]
+        .sum(min_count=1)
+    )
+    billed["deployment_id"] = billed["deployment_id"].astype("int64")
+    this_month = daily[(daily["day"] >= month) & (daily["day"] <= today)]
+    currencies = daily["currency"].replace("", pd.NA).dropna()
+    return {
+        "mtd": float(this_month["spend"].sum()),
+        "currency": currencies.iloc[0] if not currencies.empty else "USD",
+        "per_deployment": frame.merge(billed, on="deployment_id", how="left"),
+        "budgets": budget_frame(overall, data, now),
+    }
+
+
+def _prices(conn: Connection) -> dict[str, SimpleNamespace]:
+    """``prices`` rows by normalised model, as plain objects (cheap attribute access)."""
+    return {
+        spend.normalize_model(r.model_name): SimpleNamespace(**r._mapping)
+        for r in conn.execute(select(*Price.__table__.columns))
+    }
+
+
+def _window_estimate(conn: Connection, window: Window, ids: Sequence[int]) -> pd.DataFrame:
+    """Estimated cost of the window's own tokens per deployment (tokens × price)."""
+    tok = metric_sums(conn, window, ids, list(TOKEN_METRICS))
+    models = dict(conn.execute(select(Deployment.id, Deployment.model_name)).all())
+    prices = _prices(conn)
+    per: dict[int, dict[str, int]] = defaultdict(dict)
+    for dep_id, metric, total in tok[["deployment_id", "metric", "total"]].itertuples(index=False):
+        kind = spend.TOKEN_METRICS[metric.lower()]
+        per[int(dep_id)][kind] = per[int(dep_id)].get(kind, 0) + round(float(total or 0))
+    rows = []
+    for dep_id in ids:
+        price = prices.get(spend.normalize_model(models.get(dep_id, "")))
+        counts = per.get(int(dep_id), {})
+        est = float(spend.price_tokens(counts, price)) if price is not None else None
+        rows.append((int(dep_id), est))
+    return pd.DataFrame(rows, columns=["deployment_id", "estimated"])
+
+
+def worst_now(conn: Connection, window: Window, ids: Sequence[int]) -> pd.DataFrame:
+    """Per deployment over a short window: requests, error %, 429 %, p95 (the "worst now")."""
+    totals = status_totals(conn, window, ids)
+    lat = latency(conn, window, ids, ps=(95,))[["deployment_id", "p95"]]
+    return totals.merge(lat, on="deployment_id", how="left")
+
+
+def alert_events(conn: Connection, since: datetime, limit: int = 200) -> pd.DataFrame:
+    """Alerts fired since ``since`` (budget and operational), newest first."""
+    from models.tables import AlertEvent
+
+    rows = conn.execute(
+        select(
+            AlertEvent.fired_at,
+            AlertEvent.rule,
+            AlertEvent.kind,
+            AlertEvent.threshold,
+            AlertEvent.period,
+            AlertEvent.value,
+            AlertEvent.message,
+        )
+        .where(AlertEvent.fired_at >= since)
+        .order_by(AlertEvent.fired_at.desc())
+        .limit(limit)
+    ).all()
+    return pd.DataFrame(
+        [tuple(r) for r in rows],
+        columns=["fired_at", "rule", "kind", "threshold", "period", "value", "message"],
+    )
+
+
+def schema_state(conn: Connection) -> tuple[str | None, str]:
+    """(current Alembic revision of the store, the revision this code expects)."""
+    from alembic.runtime.migration import MigrationContext
+
+    from models.migrations import head_revision
+
+    return MigrationContext.configure(conn).get_current_revision(), head_revision()

@@ -1,0 +1,181 @@
+"""The dashboard's query module on real stores (SQLite and PostgreSQL) against Python truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, text
+
+from collector import spend
+from dashboard import queries as q
+from dashboard.readonly import readonly_engine
+from tests.dashboard.seed import (
+    build_world,
+    estimated_cost,
+    exact_percentile,
+    seed,
+    utc_now_minute,
+)
+
+T = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+
+
+def _covers(segments, start, end) -> bool:
+    pos = start
+    for _grain, lo, hi in segments:
+        if lo != pos:
+            return False
+        pos = hi
+    return pos >= end
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "open_end"),
+    [
+        (T - timedelta(days=30, minutes=17), T + timedelta(minutes=3), False),
+        (T - timedelta(days=30), T, True),
+        (T - timedelta(minutes=42), T - timedelta(minutes=5), False),
+        (T - timedelta(hours=24, minutes=3), T - timedelta(minutes=1), True),
+        (T, T, False),
+    ],
+)
+def test_plan_tiles_the_window_with_whole_buckets(start, end, open_end) -> None:
+    segments = q.plan(q.Window(start, end, open_end))
+    assert _covers(segments, start, end)
+    for grain, lo, hi in segments:
+        size = q.GRAIN_SIZE[grain]
+        assert q.coarse.floor_to(lo, size) == lo and q.coarse.floor_to(hi, size) == hi
+        assert hi <= end or (open_end and hi - size < end)
+    if not open_end and end > start:
+        assert segments[-1][2] == end
+    if end - start >= timedelta(days=3):
+        assert any(g == "day" for g, _, _ in segments)
+        assert sum(1 for g, _, _ in segments if g == "minute") <= 2
+
+
+@pytest.fixture
+def world_engine(engine: Engine):
+    now = utc_now_minute()
+    world = build_world(now, 3, per_deployment=300, old_days=5)
+    seed(engine, world)
+    return world, engine
+
+
+@pytest.mark.parametrize("coarse_tables", [True, False], ids=["coarse", "minutes-only"])
+def test_counts_percentiles_and_tokens_match_truth(world_engine, monkeypatch, coarse_tables):
+    world, engine = world_engine
+    if not coarse_tables:
+        monkeypatch.setattr(q, "READ_COARSE", False)
+    end = world.now + timedelta(minutes=1)
+    for start in (end - timedelta(hours=24), q.coarse.floor_to(end - timedelta(days=7), q.MINUTE)):
+        window = q.Window(start, end, open_end=True)
+        ids = [d["id"] for d in world.deployments]
+        with readonly_engine(engine.url.render_as_string(False)).connect() as conn:
+            cat = q.catalogue(conn)
+            table = q.deployment_table(conn, window, ids, cat).set_index("deployment_id")
+            k = q.kpis(conn, window, ids)
+        reqs = world.in_window(start, end)
+        assert k["requests"] == len(reqs)
+        assert k["throttled_pct"] == pytest.approx(
+            100 * sum(r.status == 429 for r in reqs) / len(reqs)
+        )
+        assert k["tokens_in"] == sum(r.tokens_in for r in reqs)
+        truth95 = exact_percentile([r.duration_ms for r in reqs if r.status == 200], 95)
+        assert k["p95_ms"] == pytest.approx(truth95, rel=0.01)
+        for dep in world.deployments:
+            mine = [r for r in reqs if r.deployment_id == dep["id"]]
+            row = table.loc[dep["id"]]
+            assert row["requests"] == len(mine)
+            errors = sum(r.status >= 400 and r.status != 429 for r in mine)
+            assert row["errors"] == errors
+            assert row["throttled"] == sum(r.status == 429 for r in mine)
+            assert row["tokens_out"] == sum(r.tokens_out for r in mine)
+            ok = [r.duration_ms for r in mine if r.status == 200]
+            for p in (50, 95, 99):
+                assert row[f"p{p}"] == pytest.approx(exact_percentile(ok, p), rel=0.01)
+
+
+def test_spend_from_rollups_equals_collector_spend_and_truth(world_engine) -> None:
+    world, engine = world_engine
+    first, last = (world.now - timedelta(days=7)).date(), world.now.date()
+    ids = [d["id"] for d in world.deployments]
+    with engine.connect() as conn:
+        mine = q.estimated_spend(conn, first, last, ids)
+        theirs = spend.estimated_spend(conn, first, last)
+        daily = q.daily_spend(conn, first, last, ids)
+    assert sorted(mine, key=lambda e: (e.day, e.deployment_id)) == sorted(
+        theirs, key=lambda e: (e.day, e.deployment_id)
+    )
+    for dep in world.deployments:
+        reqs = [r for r in world.requests if r.deployment_id == dep["id"]]
+        est = estimated_cost(reqs, dep["model_name"])
+        got = daily[daily["deployment_id"] == dep["id"]]["estimated"].sum()
+        assert got == pytest.approx(float(est), rel=1e-9)
+        rg = world.resources[dep["resource_id"] - 1]["resource_group"]
+        billed = sum(
+            v for (g, m, _d), v in world.bills.items() if (g, m) == (rg, dep["model_name"])
+        )
+        got_billed = daily[daily["deployment_id"] == dep["id"]]["billed"].sum()
+        assert got_billed == pytest.approx(float(billed), rel=1e-9)
+        assert billed > 0
+
+
+def test_budgets_evaluate_like_the_budget_alerts(world_engine) -> None:
+    """Same budget status as alerts.budgets on its own (minute-based) spend data."""
+    from alerts.budgets import SpendData, evaluate_budget
+    from tests.dashboard.seed import seed_budget
+
+    world, engine = world_engine
+    seed_budget(engine, Decimal("300"))
+    now = world.now
+    with engine.connect() as conn:
+        configs, problems = q.budget_configs(conn)
+        first, last = q.budget_range(configs, now)
+        mine = q.budget_frame(configs, q.spend_data(conn, first, last), now).iloc[0]
+        theirs = evaluate_budget(configs[0], SpendData.load(conn, first, last), now)
+    assert not problems and configs[0].spend == "billed"
+    assert mine["mtd"] == pytest.approx(float(theirs.forecast.month_to_date))
+    if theirs.forecast.month_end is None:
+        assert pd.isna(mine["forecast"])
+    else:
+        assert mine["forecast"] == pytest.approx(float(theirs.forecast.month_end))
+
+
+def test_request_lookup_by_either_id(world_engine) -> None:
+    world, engine = world_engine
+    r = world.requests[len(world.requests) // 2]
+    with engine.connect() as conn:
+        by_req = q.find_request(conn, r.request_id)
+        by_apim = q.find_request(conn, r.correlation_id.upper())
+        none = q.find_request(conn, "req_doesnotexist0000")
+        bad = q.find_request(conn, "'; drop table requests; --")
+    assert by_req["correlation_id"].tolist() == [r.correlation_id]
+    assert by_apim["request_id"].tolist() == [r.request_id]
+    assert none.empty and bad.empty
+    assert q.id_kind(" req_011CUb3Xc9 ") == "request-id"
+    assert q.id_kind("not an id") is None
+
+
+def test_readonly_engine_refuses_writes(engine: Engine) -> None:
+    ro = readonly_engine(engine.url.render_as_string(False))
+    with ro.connect() as conn:
+        assert q.catalogue(conn).empty
+        with pytest.raises(Exception, match=r"(?i)read.?only|readonly"):
+            conn.execute(text("DELETE FROM deployments"))
+    ro.dispose()
+
+
+def test_empty_store_gives_empty_frames(engine: Engine) -> None:
+    now = utc_now_minute()
+    window = q.Window(now - timedelta(days=30), now, True)
+    with engine.connect() as conn:
+        assert q.deployment_table(conn, window, [], q.catalogue(conn)).empty
+        k = q.kpis(conn, window, [])
+        assert k["requests"] == 0 and k["p95_ms"] is None
+        assert q.daily_spend(conn, window.start.date(), now.date(), []).empty
+        assert q.last_runs(conn).empty
+        assert (q.freshness(conn, now, {"metrics": 60})["state"] == "never").all()
+    assert Decimal(0) == Decimal(0)
