@@ -1,9 +1,10 @@
 """Only one collector writes at a time.
 
-PostgreSQL: a session advisory lock held on a dedicated connection, whose ``application_name``
-tells a second instance who holds it. SQLite: an exclusive ``flock`` on a file beside the
-database, holding the holder's description. Both are released by the OS/server when the process
-dies, even by SIGKILL, so a crashed collector never blocks the next one.
+PostgreSQL: a session advisory lock (keyed by the store's schema) held on a dedicated
+connection, whose ``application_name`` tells a second instance who holds it. SQLite: an
+exclusive ``flock`` on a file beside the database, holding the holder's description. Both are
+released by the OS/server when the process dies, even by SIGKILL, so a crashed collector never
+blocks the next one.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import IO, Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
-#: Arbitrary but fixed 64-bit key for pg_advisory_lock.
-PG_LOCK_KEY = 0x46575F434F4C4C  # "FW_COLL"
+#: First half of the two-int advisory lock key ("FW_C"); the second is the store's schema
+#: (``hashtext(current_schema())``): two stores in one database (schemas) are two stores, and
+#: each has its own single writer.
+PG_LOCK_CLASS = 0x46575F43
+_KEY = ":c, hashtext(current_schema())"
 
 
 class LockHeld(Exception):
@@ -67,7 +71,9 @@ class CollectorLock:
             url, poolclass=NullPool, connect_args={"application_name": me[:63]}
         )
         conn = lock_engine.connect()
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
+        got = conn.execute(
+            text(f"SELECT pg_try_advisory_lock({_KEY})"), {"c": PG_LOCK_CLASS}
+        ).scalar()
         conn.commit()
         if got:
             self._pg = (lock_engine, conn)
@@ -76,9 +82,11 @@ class CollectorLock:
             text(
                 "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
                 "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                "AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
+                "AND l.granted AND l.objsubid = 2 AND l.classid::bigint = :c "
+                "AND l.objid::bigint = (hashtext(current_schema())::bigint & 4294967295) "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
-            {"k": PG_LOCK_KEY},
+            {"c": PG_LOCK_CLASS},
         ).first()
         conn.close()
         lock_engine.dispose()
@@ -111,7 +119,7 @@ class CollectorLock:
         if self._pg is not None:
             lock_engine, conn = self._pg
             try:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                conn.execute(text(f"SELECT pg_advisory_unlock({_KEY})"), {"c": PG_LOCK_CLASS})
                 conn.close()
             finally:
                 lock_engine.dispose()

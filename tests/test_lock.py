@@ -74,3 +74,35 @@ def test_wait_flag_waits_for_the_holder(engine: Engine) -> None:
     first.release()
     assert got.wait(10)
     thread.join()
+
+
+@pytest.mark.postgres
+def test_stores_in_two_schemas_of_one_database_lock_independently(
+    pg_schema_url: str, pg_available: str
+) -> None:
+    """Advisory locks are per database; the key includes the schema, so two stores sharing a
+    PostgreSQL database each get their own single writer."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    other_schema = f"fw_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_available)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{other_schema}"'))
+    first = create_engine(pg_schema_url)
+    second = create_engine(f"{pg_available}?options=-csearch_path%3D{other_schema}")
+    try:
+        with (
+            CollectorLock(first),
+            CollectorLock(second),
+            pytest.raises(LockHeld, match=f"pid {os.getpid()}"),
+            CollectorLock(first),
+        ):
+            pass
+    finally:
+        first.dispose()
+        second.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{other_schema}" CASCADE'))
+        admin.dispose()
