@@ -249,7 +249,18 @@ def estimated_spend(
         counts = per[(r.deployment_id, _as_date(r.day))]
         counts[kind] = counts.get(kind, 0) + _tokens(r.total)
     deps = _deployments(conn, (dep_id for dep_id, _d in per))
-    prices = _prices(conn)
+    return price_token_counts(per, deps, _prices(conn), input_includes_cache=input_includes_cache)
+
+
+def price_token_counts(
+    per: dict[tuple[int, date], dict[str, int]],
+    deps: dict[int, Any],
+    prices: dict[str, Any],
+    *,
+    input_includes_cache: bool = INPUT_TOKENS_INCLUDE_CACHE,
+) -> list[EstimatedSpend]:
+    """Token counts per (deployment, day) → priced rows; shared with the dashboard, which
+    sums the same counts from day rollups, so both price them identically."""
     out: list[EstimatedSpend] = []
     for (dep_id, d), counts in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         dep = deps.get(dep_id)

@@ -887,31 +887,7 @@ def estimated_spend(
         kind = spend.TOKEN_METRICS[metric.lower()]
         counts = per[(dep_id, day)]
         counts[kind] = counts.get(kind, 0) + round(total)
-    out = []
-    for (dep_id, d), counts in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        dep = deps.get(dep_id)
-        if dep is None:
-            continue
-        price = prices.get(spend.normalize_model(dep.model_name))
-        out.append(
-            spend.EstimatedSpend(
-                day=d,
-                deployment_id=dep_id,
-                deployment_name=dep.name,
-                resource_arm_id=dep.arm_id,
-                subscription_id=dep.subscription_id,
-                resource_group=dep.resource_group,
-                model_name=dep.model_name,
-                input_tokens=counts.get("input", 0),
-                output_tokens=counts.get("output", 0),
-                cache_read_tokens=counts.get("cache_read", 0),
-                cache_write_5m_tokens=counts.get("cache_write_5m", 0),
-                cache_write_1h_tokens=counts.get("cache_write_1h", 0),
-                cost=None if price is None else spend.price_tokens(counts, price),
-                currency=price.currency if price is not None else "",
-            )
-        )
-    return out
+    return spend.price_token_counts(per, deps, prices)
 
 
 def spend_data(conn: Connection, first: date, last: date) -> SpendData:
