@@ -398,6 +398,9 @@ def dashboard(
     ensure_current(engine)
     app_path = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     env = {**os.environ, "DATABASE_URL": settings.database_url}
+    # With Entra sign-in, Streamlit keeps the token claims in cookies; a user in ~55+ groups
+    # passes the websocket library's 8 KB header-line default and gets a blank page.
+    env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "16384")
     command = [
         sys.executable,
         "-m",
