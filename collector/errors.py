@@ -15,6 +15,7 @@ ROLE_FOR_SOURCE = {
     "discovery": "Reader on the Foundry resources (and Monitoring Reader for diagnostic settings)",
     "metrics": "Monitoring Reader on the subscription",
     "logs": "Log Analytics Reader on the workspace",
+    "live search": "Log Analytics Reader on the workspace",
     "costs": "Cost Management Reader on the scope",
 }
 
@@ -60,6 +61,10 @@ def describe_azure_error(exc: BaseException, *, source: str, scope: str) -> str:
         if status is not None and status >= 500:
             return f"{where}: Azure answered {status} ({code}); next cycle retries{rid}"
         message = (exc.message or "").strip().splitlines()[0] if exc.message else ""
+        if status is None:  # no HTTP answer at all, e.g. every credential in a chain failed
+            if "credential" in message.lower():
+                return f"{where}: no Azure credential could get a token: {message}"[:500]
+            return f"{where}: {message or type(exc).__name__}"[:500]
         return f"{where}: HTTP {status} ({code}) {message}{rid}".rstrip()
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

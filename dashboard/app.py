@@ -1,4 +1,6 @@
-"""Streamlit entry point (``foundry-watch dashboard``): reads only the store, never Azure.
+"""Streamlit entry point (``foundry-watch dashboard``): reads the store, not Azure.
+
+The one exception is user-triggered: the Request lookup page's live Log Analytics search.
 
 Draws what every page shares (sign-in gate, sidebar filters, freshness banner), then runs the
 selected page from ``dashboard/views/``. Settings come from the same sources as the CLI (which

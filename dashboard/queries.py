@@ -1379,30 +1379,6 @@ def worst_now(conn: Connection, window: Window, ids: Sequence[int]) -> pd.DataFr
     return totals.merge(lat, on="deployment_id", how="left")
 
 
-def alert_events(conn: Connection, since: datetime, limit: int = 200) -> pd.DataFrame:
-    """Alerts fired since ``since`` (budget and operational), newest first."""
-    from models.tables import AlertEvent
-
-    rows = conn.execute(
-        select(
-            AlertEvent.fired_at,
-            AlertEvent.rule,
-            AlertEvent.kind,
-            AlertEvent.threshold,
-            AlertEvent.period,
-            AlertEvent.value,
-            AlertEvent.message,
-        )
-        .where(AlertEvent.fired_at >= since)
-        .order_by(AlertEvent.fired_at.desc())
-        .limit(limit)
-    ).all()
-    return pd.DataFrame(
-        [tuple(r) for r in rows],
-        columns=["fired_at", "rule", "kind", "threshold", "period", "value", "message"],
-    )
-
-
 def schema_state(conn: Connection) -> tuple[str | None, str]:
     """(current Alembic revision of the store, the revision this code expects)."""
     from alembic.runtime.migration import MigrationContext
@@ -1410,3 +1386,306 @@ def schema_state(conn: Connection) -> tuple[str | None, str]:
     from models.migrations import head_revision
 
     return MigrationContext.configure(conn).get_current_revision(), head_revision()
+
+
+# --------------------------------------------------------------------------- stored alerts
+#
+# Every alert the checker recorded is a row of ``alert_events`` (what: ``rule``/``kind``/
+# ``threshold``; when: ``fired_at``; ``value``) with one ``alert_deliveries`` row per channel.
+# The pages show them as stored: budget crossings on Spend, operational episodes and failed
+# deliveries on Collector health. A delivery's ``last_error`` was scrubbed of channel secrets
+# when it was written; it is scrubbed again here (URL paths and queries masked, secrets the
+# process registered removed) and cut to one line, and only channel *names* are shown, never a
+# channel's URL or login.
+
+#: Delivery states in which a channel did not get its alert (see ``alerts.delivery``).
+FAILED_DELIVERY = ("failed", "interrupted")
+_ALERT_LIMIT = 500
+_UNITS = {"rate_429": "%", "error_rate": "%", "latency_p95": "ms", "staleness": "s"}
+
+
+def _anum(value: Any) -> float | None:
+    """A stored number (or numeric text such as ``"80"`` or ``"190.00"``) as a float."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _deliveries(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[Any]]:
+    """``alert_event_id`` → its deliveries (channel, status, attempts, last_error), by channel."""
+    from models.tables import AlertDelivery
+
+    out: dict[int, list[Any]] = defaultdict(list)
+    for chunk in _chunks(sorted(set(event_ids))):
+        rows = conn.execute(
+            select(
+                AlertDelivery.alert_event_id,
+                AlertDelivery.channel,
+                AlertDelivery.status,
+                AlertDelivery.attempts,
+                AlertDelivery.last_error,
+                AlertDelivery.delivered_at,
+            )
+            .where(AlertDelivery.alert_event_id.in_(chunk))
+            .order_by(AlertDelivery.channel)
+        )
+        for row in rows:
+            out[int(row.alert_event_id)].append(row)
+    return out
+
+
+def delivery_text(deliveries: Sequence[Any], details: dict[str, Any] | None = None) -> str:
+    """``mail: sent · slack: failed (3 attempts)``; why nothing was sent when no channel got it."""
+    if not deliveries:
+        superseded = (details or {}).get("superseded_by")
+        if superseded:
+            return f"not sent (superseded by the {superseded} % alert of the same check)"
+        return "not sent (no channel)"
+    parts = []
+    for d in deliveries:
+        status = d.status
+        if status in FAILED_DELIVERY:
+            status += f" ({d.attempts} attempt{'s' if d.attempts != 1 else ''})"
+        parts.append(f"{d.channel}: {status}")
+    return " · ".join(parts)
+
+
+def safe_error(text: str | None) -> str:
+    """A delivery error as one line without secrets (see ``alerts.secrets.scrub``)."""
+    from alerts.secrets import scrub
+
+    first = (text or "").strip().splitlines()
+    return scrub(first[0])[:300] if first else ""
+
+
+def _alert_events(conn: Connection, *where: Any) -> list[Any]:
+    from models.tables import AlertEvent
+
+    return list(
+        conn.execute(
+            select(
+                AlertEvent.id,
+                AlertEvent.rule,
+                AlertEvent.period,
+                AlertEvent.threshold,
+                AlertEvent.kind,
+                AlertEvent.fired_at,
+                AlertEvent.value,
+                AlertEvent.message,
+                AlertEvent.details,
+            )
+            .where(*where)
+            .order_by(AlertEvent.fired_at.desc(), AlertEvent.id.desc())
+            .limit(_ALERT_LIMIT)
+        ).all()
+    )
+
+
+def budget_count(conn: Connection) -> int:
+    """Budgets the alerts job mirrored into the store (``alerts.budgets.sync_budget_table``)."""
+    return int(conn.execute(select(func.count()).select_from(Budget)).scalar_one())
+
+
+def _budgets_covering(conn: Connection, ids: Sequence[int]) -> set[str]:
+    """Names of the stored budgets whose scope covers at least one of the deployments."""
+    from alerts.budgets import in_scope
+
+    configs, _problems = budget_configs(conn)
+    deps = []
+    for chunk in _chunks(list(ids)):
+        for row in conn.execute(
+            select(
+                Deployment.name,
+                Deployment.model_name,
+                Resource.subscription_id,
+                Resource.resource_group,
+                Resource.arm_id,
+            )
+            .join(Resource, Resource.id == Deployment.resource_id)
+            .where(Deployment.id.in_(chunk))
+        ):
+            deps.append(
+                SimpleNamespace(
+                    deployment_name=row.name,
+                    model_name=row.model_name,
+                    subscription_id=row.subscription_id,
+                    resource_group=row.resource_group,
+                    resource_arm_id=row.arm_id,
+                )
+            )
+    return {b.name for b in configs if any(in_scope(b, d) for d in deps)}
+
+
+def budget_alerts(
+    conn: Connection, start: datetime, end: datetime, ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Budget alerts fired in ``[start, end)``, newest first, with per-channel delivery.
+
+    ``ids``: the sidebar's deployments when it filters (None = everything): then only the
+    budgets whose scope covers one of them are kept (scope ``all`` covers every deployment; a
+    budget no longer configured is shown only unfiltered, its scope being unknown).
+    ``value_pct`` is the month-to-date (``actual``) or forecast month-end (``forecast``) share
+    of the budget when it fired; ``spend`` the amount behind it, in the budget's currency.
+    """
+    from models.tables import AlertEvent
+
+    columns = [
+        "fired_at",
+        "budget",
+        "kind",
+        "threshold_pct",
+        "value_pct",
+        "spend",
+        "budget_amount",
+        "currency",
+        "month",
+        "delivery",
+        "message",
+    ]
+    events = _alert_events(
+        conn,
+        AlertEvent.rule.like("budget:%"),
+        AlertEvent.fired_at >= start,
+        AlertEvent.fired_at < end,
+    )
+    keep = None if ids is None else _budgets_covering(conn, ids)
+    deliveries = _deliveries(conn, [e.id for e in events])
+    rows = []
+    for e in events:
+        name = e.rule.split(":", 1)[1]
+        if keep is not None and name not in keep:
+            continue
+        details = e.details or {}
+        spent = details.get("forecast") if e.kind == "forecast" else details.get("month_to_date")
+        rows.append(
+            (
+                e.fired_at,
+                name,
+                e.kind,
+                _anum(e.threshold),
+                e.value,
+                _anum(spent),
+                _anum(details.get("amount")),
+                details.get("currency") or "",
+                e.period,
+                delivery_text(deliveries.get(e.id, []), details),
+                e.message,
+            )
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def operational_alerts(conn: Connection, start: datetime, end: datetime) -> pd.DataFrame:
+    """Operational alert episodes (one firing, at most one resolve) active in ``[start, end)``:
+    fired before ``end`` and open, or resolved at or after ``start``. Open ones first.
+
+    ``value`` is the reading that fired (``unit``: % for rates, ms for p95, s for staleness);
+    ``resolved_value`` the one that cleared it (None when its subject disappeared).
+    """
+    from alerts.config import RULE_LABELS
+    from models.tables import AlertEvent
+
+    columns = [
+        "state",
+        "rule",
+        "check",
+        "subject",
+        "threshold",
+        "value",
+        "unit",
+        "fired_at",
+        "resolved_at",
+        "resolved_value",
+        "delivery",
+        "message",
+    ]
+    events = _alert_events(
+        conn,
+        AlertEvent.rule.like("rule:%"),
+        AlertEvent.kind.in_(["firing", "resolved"]),
+        AlertEvent.fired_at < end,
+    )
+    firing = {(e.rule, e.period): e for e in events if e.kind == "firing"}
+    resolved = {(e.rule, e.period): e for e in events if e.kind == "resolved"}
+    deliveries = _deliveries(conn, [e.id for e in events])
+    rows = []
+    for key, f in firing.items():
+        r = resolved.get(key)
+        if r is not None and r.fired_at < start:
+            continue  # over before the range began
+        details = f.details or {}
+        kind = details.get("rule_kind", "")
+        parts = f.rule.split(":", 2)
+        delivery = delivery_text(deliveries.get(f.id, []))
+        if r is not None and deliveries.get(r.id):
+            delivery += f" | resolve: {delivery_text(deliveries[r.id])}"
+        rows.append(
+            (
+                "open" if r is None else "resolved",
+                parts[1] if len(parts) > 1 else f.rule,
+                RULE_LABELS.get(kind, kind),
+                details.get("subject") or (parts[2] if len(parts) > 2 else ""),
+                f.threshold,
+                f.value,
+                _UNITS.get(kind, ""),
+                f.fired_at,
+                None if r is None else r.fired_at,
+                None if r is None else r.value,
+                delivery,
+                f.message,
+            )
+        )
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return frame
+    frame["_open"] = frame["state"] == "open"
+    frame = frame.sort_values(["_open", "fired_at"], ascending=False, kind="stable")
+    return frame.drop(columns=["_open"]).reset_index(drop=True)
+
+
+def failed_deliveries(conn: Connection, start: datetime, end: datetime) -> pd.DataFrame:
+    """Deliveries that did not reach their channel, of alerts fired in ``[start, end)``.
+
+    Only the channel's name and a scrubbed one-line error: never its URL, token or login.
+    """
+    from models.tables import AlertDelivery, AlertEvent
+
+    rows = conn.execute(
+        select(
+            AlertEvent.fired_at,
+            AlertEvent.rule,
+            AlertEvent.kind,
+            AlertEvent.threshold,
+            AlertDelivery.channel,
+            AlertDelivery.status,
+            AlertDelivery.attempts,
+            AlertDelivery.last_error,
+        )
+        .join(AlertEvent, AlertEvent.id == AlertDelivery.alert_event_id)
+        .where(
+            AlertDelivery.status.in_(FAILED_DELIVERY),
+            AlertEvent.fired_at >= start,
+            AlertEvent.fired_at < end,
+        )
+        .order_by(AlertEvent.fired_at.desc(), AlertDelivery.channel)
+        .limit(_ALERT_LIMIT)
+    ).all()
+    out = []
+    for r in rows:
+        parts = r.rule.split(":", 2)
+        what = " ".join(p for p in (parts[0], parts[1] if len(parts) > 1 else "") if p)
+        subject = f" on {parts[2]}" if len(parts) > 2 else ""
+        out.append(
+            (
+                r.fired_at,
+                f"{what}{subject}: {r.kind} {r.threshold}",
+                r.channel,
+                r.status,
+                int(r.attempts or 0),
+                safe_error(r.last_error),
+            )
+        )
+    return pd.DataFrame(
+        out, columns=["fired_at", "alert", "channel", "status", "attempts", "error"]
+    )

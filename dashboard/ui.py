@@ -29,6 +29,7 @@ PRESETS = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelt
 PRESETS["30 d"] = timedelta(days=30)
 CUSTOM = "Custom"
 _VIEW = "_fw_view"
+_SETTINGS = "_fw_settings"
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,20 @@ def sidebar(settings: Settings) -> View:
         },
     )
     st.session_state[_VIEW] = view
+    st.session_state[_SETTINGS] = settings
     return view
 
 
 def current() -> View:
     """The ``View`` the entry point stored for this run."""
     return st.session_state[_VIEW]
+
+
+def settings() -> Settings:
+    """The settings the entry point loaded for this run (the live request lookup needs them
+    for Log Analytics, the alert pages for the configured rules)."""
+    found = st.session_state.get(_SETTINGS)
+    return found if found is not None else load_settings()
 
 
 def catalogue(view: View) -> pd.DataFrame:

@@ -8,6 +8,77 @@ import streamlit as st
 from dashboard import figures, ui
 
 view = ui.current()
+
+
+def _rules_configured() -> str:
+    """How many operational rules the settings define (the store does not keep them)."""
+    from alerts.config import load_alert_config
+
+    try:  # also registers the channels' secrets, so error lines are scrubbed of them too
+        config = load_alert_config(ui.settings())
+    except Exception as exc:  # a ConfigError is one line; anything else must not break the page
+        return f"the alert settings do not load ({str(exc).splitlines()[0] if str(exc) else exc})"
+    return f"operational rules configured: {len(config.alerts.rules)}"
+
+
+def alert_sections() -> None:
+    """Operational alerts (429 rate, error rate, p95, staleness) of the range, open or
+    resolved, and every delivery that did not reach its channel (channel names only)."""
+    configured = _rules_configured()
+    start, end = view.window.start, view.window.end
+    st.subheader("Operational alerts")
+    ops = ui.query(view.url, "operational_alerts", start, end)
+    if ops.empty:
+        runs = ui.query(view.url, "last_runs")
+        done = runs[runs["job"] == "alerts"]["finished_at"].dropna() if not runs.empty else []
+        if len(done):
+            age = (pd.Timestamp(view.now) - pd.to_datetime(done, utc=True).max()).total_seconds()
+            last = f"the alerts job last checked {ui.ago(age)} ago"
+        else:
+            last = "the alerts job has not run in this store yet"
+        st.info(
+            f"No operational alerts fired or open in this range; {configured}; {last}. Rules "
+            "(429 rate, error rate, p95 latency, data staleness) are `[[alerts.rules]]` in the "
+            "config file — see README Alerts."
+        )
+    else:
+        n_open = int((ops["state"] == "open").sum())
+        if n_open:
+            st.error(f"{n_open} open operational alert(s); {len(ops) - n_open} resolved.")
+        else:
+            st.success(f"{len(ops)} operational alert(s) in this range, all resolved.")
+        st.dataframe(
+            ui.local(ops, view.tz, "fired_at", "resolved_at"),
+            hide_index=True,
+            column_config={
+                **ui.time_config("fired_at", "resolved_at"),
+                "value": st.column_config.NumberColumn("value at firing", format="%.2f"),
+                "resolved_value": st.column_config.NumberColumn("value at resolve", format="%.2f"),
+                "delivery": st.column_config.TextColumn("delivery per channel"),
+            },
+        )
+        ui.download(ops, "operational_alerts")
+    st.subheader("Failed alert deliveries")
+    failed = ui.query(view.url, "failed_deliveries", start, end)
+    if failed.empty:
+        st.success("No failed alert deliveries in this range.")
+        return
+    st.warning(
+        f"{len(failed)} alert delivery(ies) did not reach their channel. A failed delivery is "
+        "retried on the next checks (`[alerts] max_attempts`); `foundry-watch alerts test "
+        "CHANNEL` sends a test message."
+    )
+    st.dataframe(
+        ui.local(failed, view.tz, "fired_at"),
+        hide_index=True,
+        column_config={
+            **ui.time_config("fired_at"),
+            "fired_at": st.column_config.DatetimeColumn("alert fired", format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    ui.download(failed, "failed_deliveries")
+
+
 st.title("Collector health")
 ui.window_caption(view)
 
@@ -45,6 +116,7 @@ if last.empty:
         "No collector runs recorded yet. Start the collector with `foundry-watch collect` (or "
         "`make demo` for the emulator); `foundry-watch doctor` checks access first."
     )
+    alert_sections()
     st.stop()
 now = pd.Timestamp(view.now)
 last = last.assign(
@@ -116,7 +188,4 @@ else:
         hide_index=True,
     )
 
-alerts = ui.query(view.url, "alert_events", view.window.start)
-if not alerts.empty:
-    st.subheader("Alerts fired in the window")
-    st.dataframe(ui.local(alerts, view.tz, "fired_at"), hide_index=True)
+alert_sections()

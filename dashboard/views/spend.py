@@ -11,6 +11,58 @@ from dashboard import figures, ui
 from dashboard import queries as q
 
 view = ui.current()
+
+
+def budget_alerts() -> None:
+    """The budget alerts (actual and forecast crossings) fired in the range, as stored by the
+    alerts job: value, threshold, when, and what each channel got."""
+    st.subheader("Budget alerts in this range")
+    fired = ui.query(
+        view.url,
+        "budget_alerts",
+        view.window.start,
+        view.window.end,
+        view.ids if view.filtered else None,
+    )
+    if fired.empty:
+        n = ui.query(view.url, "budget_count")
+        scope = " covering the selected deployments" if view.filtered else ""
+        if n:
+            st.info(
+                f"No budget alerts fired{scope} in this range; budgets configured: {n}. "
+                "Budgets are checked every few minutes by the collector's alerts job (and by "
+                "`foundry-watch alerts check`); each threshold fires once per month."
+            )
+        else:
+            st.info(
+                "No budgets configured — see README Alerts: add `[[budgets]]` to the config "
+                "file; the collector's alerts job (or `foundry-watch alerts check`) evaluates "
+                "them and records every crossing here."
+            )
+        return
+    sent = fired["delivery"].str.contains(": sent").sum()
+    st.caption(
+        f"{len(fired)} alert(s), {sent} delivered to at least one channel. **actual** = month "
+        "to date crossed the threshold, **forecast** = the month-end forecast will; value = "
+        "% of the monthly budget when it fired. Several thresholds crossed in one check are "
+        "all recorded, only the highest is sent."
+    )
+    pct_fmt = st.column_config.NumberColumn(format="%.1f %%")
+    st.dataframe(
+        ui.local(fired, view.tz, "fired_at"),
+        hide_index=True,
+        column_config={
+            **ui.time_config("fired_at"),
+            "threshold_pct": st.column_config.NumberColumn("threshold", format="%g %%"),
+            "value_pct": pct_fmt,
+            "spend": st.column_config.NumberColumn("spend at alert", format="%.2f"),
+            "budget_amount": st.column_config.NumberColumn("budget", format="%.2f"),
+            "delivery": st.column_config.TextColumn("delivery per channel"),
+        },
+    )
+    ui.download(fired, "budget_alerts")
+
+
 st.title("Spend")
 ui.window_caption(view)
 if ui.no_deployments(view):
@@ -36,6 +88,7 @@ if daily.empty:
         "billed spend needs the costs source (Cost Management Reader), and arrives 1–3 days "
         "late."
     )
+    budget_alerts()
     st.stop()
 
 currency = daily["currency"].replace("", pd.NA).dropna()
@@ -60,6 +113,9 @@ tiles[3].metric(
 
 # ---------------------------------------------------------------- daily charts
 labelled = q.with_labels(daily.dropna(subset=["deployment_id"]), cat)
+for column in ("model", "resource"):  # a range whose bills could not be split has none
+    if column not in labelled.columns:
+        labelled[column] = pd.Series(dtype=str)
 unattributed = daily[daily["deployment_id"].isna()]
 if not unattributed.empty:
     st.warning(
@@ -106,6 +162,8 @@ per = labelled.groupby(["deployment_id", "label", "model"], as_index=False).agg(
 )
 gaps = labelled.dropna(subset=["billed"]).groupby("deployment_id")["gap"].sum()
 per["gap"] = per["deployment_id"].map(gaps)
+per["deployment_id"] = per["deployment_id"].astype("int64")  # float/object when empty
+reqs = reqs.astype({"deployment_id": "int64"})
 per = per.merge(reqs, on="deployment_id", how="left")
 per["requests"] = per["requests"].fillna(0).astype("int64")
 per["per_1k_requests"] = 1000 * per["spend"] / per["requests"].where(per["requests"] > 0)
@@ -185,7 +243,4 @@ if meters.empty:
 else:
     st.dataframe(meters, hide_index=True)
     ui.download(meters, "top_meters")
-alerts = ui.query(view.url, "alert_events", view.window.start)
-if not alerts.empty:
-    st.subheader("Alerts fired in this window")
-    st.dataframe(ui.local(alerts, view.tz, "fired_at"), hide_index=True)
+budget_alerts()

@@ -43,9 +43,20 @@ PAGES = {
     "overview": ["Overview", "Requests", "Per deployment", "Worst in the last hour"],
     "deployment": ["Deployment", "p95 latency", "Latency of successful requests"],
     "errors": ["Errors & throttling", "Per deployment", "Top error minutes", "What to check"],
-    "spend": ["Spend", "Reconciliation gap", "Budgets: month to date and forecast"],
-    "lookup": ["Request lookup", "request-id or apim-request-id"],
-    "health": ["Collector health", "Freshness per source", "Last run per source and scope"],
+    "spend": [
+        "Spend",
+        "Reconciliation gap",
+        "Budgets: month to date and forecast",
+        "Budget alerts in this range",
+    ],
+    "lookup": ["Request lookup", "request-id or apim-request-id", "Search Log Analytics live"],
+    "health": [
+        "Collector health",
+        "Freshness per source",
+        "Last run per source and scope",
+        "Operational alerts",
+        "Failed alert deliveries",
+    ],
 }
 
 
