@@ -96,15 +96,28 @@ shown = fresh.assign(
     age=fresh["age_s"].map(ui.ago),
     stale_after=fresh["stale_after_s"].map(ui.ago),
 )[["source", "state", "last_ok", "age", "stale_after"]]
-shown["stale scopes"] = [
-    "; ".join(f"{x['scope']}: {x['error'] or x['status']}" for x in scopes)
-    for scopes in fresh["stale_scopes"]
-]
+
+
+def _why_stale(scope: dict) -> str:
+    """A stale scope's reason: its error line, else how long since its last good run."""
+    if scope["error"]:
+        return f"{scope['scope']}: {scope['error']}"
+    if scope["age_s"] is None:
+        return f"{scope['scope']}: no good run yet (last: {scope['status']})"
+    return f"{scope['scope']}: last good run {ui.ago(scope['age_s'])} ago"
+
+
+shown["stale scopes"] = ["; ".join(map(_why_stale, scopes)) for scopes in fresh["stale_scopes"]]
 st.dataframe(
     ui.local(shown, view.tz, "last_ok"),
     hide_index=True,
     column_config={
-        "last_ok": st.column_config.DatetimeColumn("last good run", format="YYYY-MM-DD HH:mm"),
+        "last_ok": st.column_config.DatetimeColumn(
+            "newest good run", format="YYYY-MM-DD HH:mm", help="over all scopes of the source"
+        ),
+        "age": st.column_config.TextColumn(
+            "oldest scope behind", help="'never': some scope has not had a good run yet"
+        ),
         "stale_after": st.column_config.TextColumn("stale after"),
     },
 )
