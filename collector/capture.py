@@ -29,12 +29,17 @@ those ids, or keys: the request body is only searched for its ``"model"`` value,
 bytes only for ``usage`` and the error type.
 
 Never in the way: the response stream is passed through chunk by chunk (observed, not
-buffered); everything the capture does is inside ``try``; records go to a bounded queue that a
-background thread writes (``put_nowait``: when the queue is full the record is dropped and
-counted), so a slow or broken disk neither slows nor breaks the application. The spool is
-append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one writer thread
-per path per process; several processes may share a path (each batch is one ``O_APPEND`` write,
-and a writer notices that another rotated the file).
+buffered); everything the capture does is inside ``try``. The request path only stamps times and
+keeps references: per chunk, one list append (plus, until the first delta of a stream, one
+substring search for the TTFT); at the end, one flat tuple of the few facts goes into a bounded
+buffer (when it is full the record is dropped and counted, never waited for). Parsing headers
+and usage, formatting times and JSON encoding happen on a background writer thread, which
+releases the GIL every few records, so a slow or broken disk neither slows nor breaks the
+application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
+path.{backups}``; one writer thread per path per process; several processes may share a path
+(each batch is one ``O_APPEND`` write, and a writer notices that another rotated the file).
+``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
+Overhead is measured by ``python -m benchmarks capture``.
 
 Dependency-light by design: stdlib only at import time (the HTTP library is imported when a
 client is instrumented, and it is the one the application already uses). This file can be
@@ -47,6 +52,7 @@ import atexit
 import contextlib
 import importlib
 import json
+import operator
 import os
 import re
 import threading
@@ -67,10 +73,22 @@ DEFAULT_QUEUE = 10_000
 _BATCH = 2_000
 #: JSON bodies up to this size are kept whole (parsed whole if the cheap tail search fails).
 _FULL_PARSE_MAX = 64 * 1024
-#: Bytes of a JSON body's end kept for the ``usage`` search once the body is larger than this.
+#: Bytes of a body's end kept for the ``usage`` search (a large JSON body, a long stream).
 _TAIL_KEEP = 16 * 1024
-#: An SSE line longer than this is not parsed (no usage lives in such a line).
-_SSE_LINE_MAX = 256 * 1024
+#: A stream's first chunks are kept up to this many bytes (``message_start``, the first delta).
+_HEAD_MAX = 64 * 1024
+#: After the head, chunks are collected in a list cut to its last ``_TAIL_KEEP`` bytes whenever
+#: it holds more chunks than this (amortised: no per-chunk size bookkeeping).
+_TAIL_CHUNKS = 16
+#: Request bodies up to this size are kept (a reference) for the writer to read their ``model``;
+#: a larger one is read on the request path (its length would crowd the spool's buffer).
+_BODY_DEFER_MAX = 256 * 1024
+#: The first content delta of a stream: its arrival is the time to first token. Quoted, so a
+#: mention inside a text (JSON-escaped quotes) does not match.
+_TTFT_MARK = b'"content_block_delta"'
+_MARK_CARRY = len(_TTFT_MARK) - 1
+#: Records encoded between two voluntary GIL releases of the writer thread.
+_YIELD_EVERY = 32
 _HOST_SUFFIXES = (
     ".services.ai.azure.com",
     ".cognitiveservices.azure.com",
@@ -81,12 +99,53 @@ _PATH_RESOURCE = re.compile(r"/foundry/([^/]+)/")
 #: cannot match inside a prompt, only a key of some object.
 _MODEL_VALUE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){0,256})"')
 _USAGE_KEY = b'"usage"'
-_SSE_MARKERS = (b'"message_start"', b'"message_delta"', b'"error"')
+_SSE_START, _SSE_DELTA, _SSE_ERROR = b'"message_start"', b'"message_delta"', b'"error"'
+_SSE_MARKERS = (_SSE_START, _SSE_DELTA, _SSE_ERROR)
+#: The integer token counts of a ``usage`` object (``cache_creation``'s TTL split included);
+#: names this specific occur nowhere else in a message_start/message_delta event.
+_USAGE_INTS = re.compile(
+    rb'"(input_tokens|output_tokens|cache_read_input_tokens|cache_creation_input_tokens'
+    rb'|ephemeral_5m_input_tokens|ephemeral_1h_input_tokens)"\s*:\s*(\d+)'
+)
 #: SSE data lines kept per response (message_start, message_delta, error: a handful).
 _SSE_EVENTS_MAX = 16
 #: Bytes the spool's buffer may hold (JSON bodies and SSE lines awaiting the writer).
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
 _DECODER = json.JSONDecoder()
+
+
+def _unserializable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+#: One compact encoder for every record (``json.dumps`` with options builds a new encoder per
+#: call); the C encoder directly when there is one (it is what ``json`` itself uses).
+_C_ENCODER = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,
+        _unserializable,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+
+
+def _encode(record: dict[str, Any]) -> str:
+    if _C_ENCODER is not None:
+        return "".join(_C_ENCODER(record, 0))
+    return _FALLBACK_ENCODE(record)
+
+
+_FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_LOWER_VALUE = operator.itemgetter(1, 2)
+_LOWER = operator.itemgetter(1)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -99,11 +158,14 @@ _USAGE_FIELDS = (
 class Spool:
     """Append-only, rotated JSONL file written by a background thread from a bounded buffer.
 
-    ``put`` never blocks and never raises: it appends to a ``deque`` (no lock, no syscall, no
-    thread wake-up: the writer polls every ``interval`` seconds and writes what accumulated in
-    one ``write``), or drops and counts the record when ``queue_size`` are already waiting.
-    ``written``/``dropped``/``errors`` count records; ``last_error`` keeps the last write
-    failure (one line) for diagnostics.
+    ``put`` never blocks and never raises: it appends to a ``deque`` (no syscall, no thread
+    wake-up: the writer polls every ``interval`` seconds and writes what accumulated in one
+    ``write``), or drops and counts the record when ``queue_size`` records (or
+    ``max_buffer_bytes`` of kept bytes) are already waiting. Records are encoded by the writer
+    thread, which releases the GIL every ``_YIELD_EVERY`` records so that a large batch does not
+    hold up the application's threads. ``written``/``dropped``/``errors`` count records;
+    ``last_error`` keeps the last write failure (one line); ``writer_cpu`` is the writer thread's
+    CPU time in seconds (what capture costs off the request path).
     """
 
     def __init__(
@@ -128,10 +190,11 @@ class Spool:
         self.dropped = 0
         self.errors = 0
         self.last_error = ""
+        self.writer_cpu = 0.0
         self._fresh_state()
 
     def _fresh_state(self) -> None:
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[tuple[Any, int]] = deque()
         self._held = 0  # bytes of bodies/events in the buffer
         self._held_lock = threading.Lock()
         self._wake = threading.Event()
@@ -145,9 +208,9 @@ class Spool:
         self._backoff = 0.5
 
     # -- the application side -------------------------------------------------------------
-    def put(self, record: dict[str, Any], weight: int = 0) -> bool:
-        """Buffer one record (``weight``: bytes it holds for the writer); False (and counted)
-        if the buffer is full."""
+    def put(self, record: dict[str, Any] | tuple, weight: int = 0) -> bool:
+        """Buffer one record (a dict, or an attempt's facts that the writer turns into one;
+        ``weight``: bytes it holds for the writer); False (and counted) if the buffer is full."""
         if self._thread is None:
             self._start()
         buffer = self._buffer
@@ -160,8 +223,7 @@ class Spool:
                     self.dropped += 1
                     return False
                 self._held += weight
-            record["_weight"] = weight
-        buffer.append(record)
+        buffer.append((record, weight))
         return True
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -209,6 +271,7 @@ class Spool:
             self._wake.wait(self.interval)
             self._wake.clear()
             self._busy = True
+            c0 = time.thread_time()
             try:
                 while buffer:
                     batch = []
@@ -219,37 +282,42 @@ class Spool:
                     except Exception as exc:  # never let the thread die
                         self._fail(len(batch), exc)
             finally:
+                self.writer_cpu += time.thread_time() - c0
                 self._busy = False
             if self._stopping:
                 return
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _write_batch(self, batch: list[tuple[Any, int]]) -> None:
+        released = sum(weight for _, weight in batch)
         if time.monotonic() < self._retry_at:
             self.errors += len(batch)
-            released = sum(record.get("_weight", 0) for record in batch)
             with self._held_lock:
                 self._held -= released
             return
-        released = sum(record.pop("_weight", 0) for record in batch)
         logged = _iso(time.time())
-        lines = []
+        texts: list[str] = []
         try:
-            for record in batch:
+            for n, (record, _) in enumerate(batch, 1):
                 try:
-                    if "_url" in record:
+                    if type(record) is tuple:  # an attempt's facts
                         record = _finalize(record)
-                    record["logged"] = logged
-                    if isinstance(record.get("time"), float):
+                    elif isinstance(record.get("time"), float):
                         record["time"] = _iso(record["time"])
-                    line = json.dumps(record, separators=(",", ":")) + "\n"
+                    record["logged"] = logged
+                    line = _encode(record)
                 except Exception as exc:  # one bad record is skipped, not the batch
                     self._fail(1, exc, backoff=False)
                     continue
-                lines.append(line.encode("utf-8", "replace"))
+                texts.append(line)
+                if not n % _YIELD_EVERY:
+                    time.sleep(0)  # let the application's threads run (a GIL hand-off)
         finally:
             if released:
                 with self._held_lock:
                     self._held -= released
+        if not texts:
+            return
+        lines = [text.encode("ascii") + b"\n" for text in texts]  # ensure_ascii: ASCII text
         done = 0
         try:
             fd = self._open()
@@ -344,15 +412,25 @@ def _spool_for(path: str | os.PathLike[str], **options: Any) -> Spool:
 
 
 def spool_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Counters of this process's spool at ``path`` (written, dropped, errors, last_error)."""
+    """Counters of this process's spool at ``path``: records ``written``, ``dropped`` (buffer
+    full), ``errors`` (write failures), ``queued`` (waiting), ``last_error``, ``writer_cpu_s``."""
     spool = _SPOOLS.get(os.path.abspath(os.fspath(path)))
     if spool is None:
-        return {"written": 0, "dropped": 0, "errors": 0, "last_error": ""}
+        return {
+            "written": 0,
+            "dropped": 0,
+            "errors": 0,
+            "last_error": "",
+            "queued": 0,
+            "writer_cpu_s": 0.0,
+        }
     return {
         "written": spool.written,
         "dropped": spool.dropped,
         "errors": spool.errors,
         "last_error": spool.last_error,
+        "queued": len(spool._buffer),
+        "writer_cpu_s": spool.writer_cpu,
     }
 
 
@@ -378,9 +456,230 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-_iso_cache: tuple[int, str] = (-1, "")
+# ------------------------------------------------------------------------------ one attempt
+class _Attempt:
+    """One HTTP attempt, from the application's side: time stamps, references, then one tuple.
+
+    While the call runs, only references are kept (the request, the response's headers, its first
+    and last chunks). When it ends, :meth:`_finish` copies the few facts the record needs into one
+    flat tuple of strings, bytes and numbers (unpacked by :func:`_finalize`) for the spool's
+    buffer: no object graph stays alive while it waits for the writer (such survivors make the
+    garbage collector run more often and promote them to older generations). The writer thread
+    turns the tuple into the record: ``usage``, ``model``, error type, JSON.
+    Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per attempt.
+    """
+
+    # Class-level defaults: an attribute set only when it happens costs nothing otherwise.
+    inner: Any = None
+    headers: Any = None
+    status: int | None = None
+    t_head = 0.0
+    ttft = 0.0
+    sse = False
+    cut = False
+    done = False
+
+    def __init__(
+        self, spool: Spool, resource: str | None, request: Any, wall: float, t0: float
+    ) -> None:
+        self.spool = spool
+        self.resource = resource
+        self.request = request
+        self.wall = wall
+        self.t0 = t0
+        self.head: list[bytes] = []
+        self.tail: list[bytes] = []
+
+    def _finish(self, complete: bool, error: BaseException | None = None) -> None:
+        """The end of the attempt: stamp it and hand its facts to the spool (never raises)."""
+        if self.done:
+            return
+        self.done = True
+        t_end = time.perf_counter()
+        try:
+            request = self.request
+            body = getattr(request, "_content", None)  # absent: a streamed upload
+            model = None
+            if body is not None and len(body) > _BODY_DEFER_MAX:
+                model, body = _model_of(body), None  # too big to hold for the writer
+            head, tail = self.head, self.tail
+            head_bytes = (head[0] if len(head) == 1 else b"".join(head)) if head else b""
+            tail_bytes = (tail[0] if len(tail) == 1 else b"".join(tail)) if tail else b""
+            cut = self.cut
+            if not self.sse and len(head_bytes) + len(tail_bytes) > _FULL_PARSE_MAX:
+                # A large JSON body: only its end is kept (``usage`` follows ``content``).
+                tail_bytes = (tail_bytes if cut else head_bytes + tail_bytes)[-_TAIL_KEEP:]
+                head_bytes, cut = b"", True
+            elif len(tail_bytes) > _TAIL_KEEP:
+                tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
+            headers = self.headers
+            mapped = _header_map(headers) if headers is not None else None
+            facts = (
+                self.wall,
+                self.t0,
+                self.t_head,
+                self.ttft,
+                t_end,
+                self.status,
+                complete,
+                "" if error is None else type(error).__name__,
+                self.resource or _resource_of(request.url),
+                _retry_count(request.headers),
+                body,
+                model,
+                head_bytes,
+                tail_bytes,
+                cut,
+                self.sse,
+                None if headers is None else _header(headers, mapped, b"request-id"),
+                None if headers is None else _header(headers, mapped, b"apim-request-id"),
+                None if headers is None else _header(headers, mapped, b"x-ms-region"),
+                None if headers is None else _header(headers, mapped, b"retry-after"),
+                None if headers is None else _header(headers, mapped, b"content-type"),
+            )
+            weight = len(head_bytes) + len(tail_bytes) + (len(body) if body else 0)
+            self.spool.put(facts, weight)
+        except Exception:  # the application never sees a capture failure
+            self.spool.errors += 1
 
 
+class _SyncObserved(_Attempt):
+    """Passes the network stream through untouched, keeping the chunks that matter.
+
+    Per chunk on the request path: until the first ``content_block_delta`` of a stream (its time
+    is the TTFT) the chunk is kept and searched; after it, the chunk is appended to a short list
+    that is cut to its last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is
+    in the last events). No parsing, no per-chunk method call.
+    """
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = self.head
+        tail = self.tail
+        try:
+            chunks = iter(self.inner)
+            size = 0
+            carry = b""
+            kind = 0  # 0 not seen yet, 1 JSON, 2 SSE
+            for chunk in chunks:
+                head.append(chunk)
+                size += len(chunk)
+                if kind == 0:
+                    first = chunk.lstrip()[:1]
+                    if first:
+                        kind = 1 if first in b"{[" else 2
+                        self.sse = kind == 2
+                if kind == 2:
+                    window = carry + chunk if carry else chunk
+                    if _TTFT_MARK in window:
+                        self.ttft = time.perf_counter()
+                        yield chunk
+                        break
+                    carry = window[-_MARK_CARRY:]
+                if size >= _HEAD_MAX:
+                    yield chunk
+                    break
+                yield chunk
+            for chunk in chunks:
+                tail.append(chunk)
+                if len(tail) > _TAIL_CHUNKS:
+                    tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
+                    self.cut = True
+                yield chunk
+        except GeneratorExit:
+            self._finish(False)
+            raise
+        except BaseException as exc:
+            self._finish(False, exc)
+            raise
+        self._finish(True)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self._finish(False)
+
+
+class _AsyncObserved(_Attempt):
+    """The async twin of :class:`_SyncObserved` (same loop; kept inline for the same reason)."""
+
+    async def __aiter__(self) -> Any:
+        head = self.head
+        tail = self.tail
+        try:
+            chunks = self.inner.__aiter__()
+            size = 0
+            carry = b""
+            kind = 0
+            async for chunk in chunks:
+                head.append(chunk)
+                size += len(chunk)
+                if kind == 0:
+                    first = chunk.lstrip()[:1]
+                    if first:
+                        kind = 1 if first in b"{[" else 2
+                        self.sse = kind == 2
+                if kind == 2:
+                    window = carry + chunk if carry else chunk
+                    if _TTFT_MARK in window:
+                        self.ttft = time.perf_counter()
+                        yield chunk
+                        break
+                    carry = window[-_MARK_CARRY:]
+                if size >= _HEAD_MAX:
+                    yield chunk
+                    break
+                yield chunk
+            async for chunk in chunks:
+                tail.append(chunk)
+                if len(tail) > _TAIL_CHUNKS:
+                    tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
+                    self.cut = True
+                yield chunk
+        except GeneratorExit:
+            self._finish(False)
+            raise
+        except BaseException as exc:
+            self._finish(False, exc)
+            raise
+        self._finish(True)
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self._finish(False)
+
+
+_STREAM_CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def _stream_classes(library: str) -> tuple[type, type]:
+    """Stream wrappers that are instances of the library's byte-stream types (httpx asserts)."""
+    classes = _STREAM_CLASSES.get(library)
+    if classes is None:
+        module = importlib.import_module(library)
+        sync_cls = type("CapturedSyncStream", (_SyncObserved, module.SyncByteStream), {})
+        async_cls = type("CapturedAsyncStream", (_AsyncObserved, module.AsyncByteStream), {})
+        classes = _STREAM_CLASSES[library] = (sync_cls, async_cls)
+    return classes
+
+
+def _observe(attempt: _Attempt, response: Any) -> None:
+    """Watch the body as it streams; a body already read (a mock transport) is seen at once."""
+    attempt.t_head = time.perf_counter()
+    attempt.status = response.status_code
+    attempt.headers = response.headers
+    content = getattr(response, "_content", None)
+    if isinstance(content, bytes):
+        attempt.head.append(content)
+        attempt._finish(True)
+    else:
+        attempt.inner = response.stream
+        response.stream = attempt
+
+
+# ------------------------------------------------------------------- the writer's side
 def _iso(epoch: float) -> str:
     """``2026-01-02T03:04:05.678Z``; the part up to the second is cached (records of one
     batch mostly share it; one tuple, swapped whole, so writer threads never mix halves)."""
@@ -393,15 +692,30 @@ def _iso(epoch: float) -> str:
     return f"{cached[1]}.{int((epoch - second) * 1000):03d}Z"
 
 
-# ------------------------------------------------------------------------------ one attempt
-def _resource_of(url: Any, override: str | None) -> str:
-    if override:
-        return override
-    host = str(getattr(url, "host", "") or "").lower()
+_iso_cache: tuple[int, str] = (-1, "")
+#: Resource of each (host, path) seen: an SDK client calls the same few URLs.
+_RESOURCES: dict[str, str] = {}
+
+
+def _resource_of(url: Any) -> str:
+    """The Foundry resource a URL names (host prefix, or ``/foundry/{name}/`` in the path)."""
+    parts = getattr(url, "_uri_reference", None)  # httpx/httpx2: the parsed parts, no copies
+    host = getattr(parts if parts is not None else url, "host", "") or ""
+    path = getattr(parts if parts is not None else url, "path", "") or ""
+    key = f"{host}\n{path}"
+    resource = _RESOURCES.get(key)
+    if resource is None:
+        if len(_RESOURCES) >= 1024:
+            _RESOURCES.clear()
+        resource = _RESOURCES[key] = _resource_from(str(host).lower(), str(path))
+    return resource
+
+
+def _resource_from(host: str, path: str) -> str:
     for suffix in _HOST_SUFFIXES:
         if host.endswith(suffix):
             return host[: -len(suffix)]
-    match = _PATH_RESOURCE.search(str(getattr(url, "path", "") or ""))
+    match = _PATH_RESOURCE.search(path)
     return match.group(1) if match else host
 
 
@@ -457,136 +771,152 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
     return out or None
 
 
-class _Call:
-    """One HTTP attempt on the application's side: timings and the few bytes that matter.
+def _header_map(headers: Any) -> dict[bytes, bytes] | None:
+    """All headers as ``{lowercased name: value}`` built in C (the first of duplicates wins);
+    None when ``headers`` is not an httpx/httpx2 ``Headers`` with its ``(raw, lower, value)``
+    list."""
+    entries = getattr(headers, "_list", None)
+    if isinstance(entries, list) and (not entries or len(entries[0]) == 3):
+        return dict(map(_LOWER_VALUE, reversed(entries)))
+    return None
 
-    Only cheap work happens here (time stamps, the request's ``model``, keeping the JSON body or
-    the SSE ``message_start``/``message_delta``/``error`` data lines); headers, usage and error
-    types are read by the spool's writer thread (:func:`_finalize`), off the request path.
-    """
 
-    __slots__ = ("_chunks", "_events", "_size", "_tail", "done", "kind", "record", "spool", "t0")
+def _header(headers: Any, mapped: dict[bytes, bytes] | None, name: bytes) -> str | None:
+    if mapped is not None:
+        value = mapped.get(name)
+        return None if value is None else value.decode("latin-1")
+    value = headers.get(name.decode())
+    return value if isinstance(value, str) else None
 
-    def __init__(self, spool: Spool, record: dict[str, Any], t0: float) -> None:
-        self.spool = spool
-        self.record = record
-        self.t0 = t0
-        self.kind = ""  # decided by the first bytes: "json" | "json-tail" | "sse" | "other"
-        self.done = False
-        self._chunks: list[bytes] = []
-        self._events: list[bytes] = []
-        self._size = 0
-        self._tail = b""
 
-    # -- per chunk (must never raise) ------------------------------------------------------
-    def feed(self, chunk: bytes) -> None:
+def _retry_count(headers: Any) -> str | None:
+    """The SDK's ``x-stainless-retry-count`` (a list search in C: one header of ~20 wanted)."""
+    entries = getattr(headers, "_list", None)
+    if isinstance(entries, list) and (not entries or len(entries[0]) == 3):
         try:
-            kind = self.kind
-            if not kind:
-                first = chunk.lstrip()[:1]
-                if not first:
-                    return
-                kind = self.kind = (
-                    "json" if first in b"{[" else "sse" if first in b"ed:" else "other"
-                )
-            if kind == "sse":
-                self._feed_sse(chunk)
-            elif kind == "json":
-                self._chunks.append(chunk)
-                self._size += len(chunk)
-                if self._size > _FULL_PARSE_MAX:
-                    self._chunks = [b"".join(self._chunks)[-_TAIL_KEEP:]]
-                    self.kind = "json-tail"
-            elif kind == "json-tail":
-                self._chunks = [(self._chunks[0] + chunk)[-_TAIL_KEEP:]]
-        except Exception:
-            self.kind = "other"
-
-    def _feed_sse(self, chunk: bytes) -> None:
-        data = self._tail + chunk if self._tail else chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._tail = data if len(data) <= _SSE_LINE_MAX else b""
-            return
-        self._tail = data[cut + 1 :]
-        record = self.record
-        if "ttft_ms" not in record and data.find(b"content_block_delta", 0, cut) >= 0:
-            record["ttft_ms"] = round((time.perf_counter() - self.t0) * 1000, 3)
-        # Keep the data lines of message_start, message_delta and error events; the quoted
-        # type names cannot occur unescaped anywhere else (text is JSON-escaped).
-        for marker in _SSE_MARKERS:
-            pos = data.find(marker, 0, cut)
-            while pos >= 0:
-                start = data.rfind(b"\n", 0, pos) + 1
-                end = data.find(b"\n", pos, cut + 1)
-                if data.startswith(b"data:", start) and len(self._events) < _SSE_EVENTS_MAX:
-                    self._events.append(data[start + 5 : end])
-                pos = data.find(marker, end, cut)
-
-    # -- the end ---------------------------------------------------------------------------
-    def finish(self, complete: bool, error: BaseException | None = None) -> None:
-        if self.done:
-            return
-        self.done = True
-        weight = 0
-        try:
-            record = self.record
-            record["latency_ms"] = round((time.perf_counter() - self.t0) * 1000, 3)
-            record["complete"] = complete
-            if error is not None:
-                record["error"] = type(error).__name__
-            if self._chunks:
-                body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                record["_body"] = body
-                record["_tail_only"] = self.kind == "json-tail"
-                weight = len(body)
-            elif self._events:
-                record["_events"] = self._events
-                weight = sum(len(e) for e in self._events)
-            self.spool.put(record, weight)
-        except Exception:  # the application never sees a capture failure
-            pass
+            index = list(map(_LOWER, entries)).index(b"x-stainless-retry-count")
+        except ValueError:
+            return None
+        return entries[index][2].decode("latin-1")
+    value = headers.get("x-stainless-retry-count")
+    return value if isinstance(value, str) else None
 
 
-# ------------------------------------------------------------------- the writer's side
-def _finalize(record: dict[str, Any]) -> dict[str, Any]:
-    """Turn what the application thread kept into the record's fields (writer thread)."""
-    headers = record.pop("_headers", None)
-    request_headers = record.pop("_request_headers", None)
-    url = record.pop("_url", None)
-    resource = record.pop("_resource", None)
-    body = record.pop("_body", None)
-    tail_only = record.pop("_tail_only", False)
-    events = record.pop("_events", None)
+def _finalize(facts: tuple) -> dict[str, Any]:
+    """The record of one attempt, from the tuple the application thread left (writer thread)."""
+    (
+        wall,
+        t0,
+        t_head,
+        ttft,
+        t_end,
+        status,
+        complete,
+        error,
+        resource,
+        retry,
+        body,
+        model,
+        head,
+        tail,
+        cut,
+        sse,
+        request_id,
+        apim_request_id,
+        region,
+        retry_after,
+        content_type,
+    ) = facts
+    record: dict[str, Any] = {
+        "v": VERSION,
+        "time": _iso(wall),
+        "deployment": "",
+        "status": status,
+        "resource": resource,
+        "request_id": request_id or "",
+        "apim_request_id": apim_request_id or "",
+    }
+    if t_head:
+        record["ttfb_ms"] = round((t_head - t0) * 1000, 3)
+    if ttft:
+        record["ttft_ms"] = round((ttft - t0) * 1000, 3)
+    record["latency_ms"] = round((t_end - t0) * 1000, 3)
+    record["complete"] = complete
+    if error:
+        record["error"] = error
+    if retry and retry.isdigit():
+        record["attempt"] = int(retry)
+    if region is not None:
+        record["region"] = region
+    if retry_after is not None:
+        record["retry_after"] = retry_after[:32]
+    if content_type:
+        if "text/event-stream" in content_type:
+            record["stream"] = True
+        elif "json" in content_type:
+            record["stream"] = False
     try:
-        record["resource"] = _resource_of(url, resource)
-        if headers is not None:
-            seen = _pick(headers, _RESPONSE_HEADERS)
-            record["request_id"] = seen.get("request_id", "")
-            record["apim_request_id"] = seen.get("apim_request_id", "")
-            if "region" in seen:
-                record["region"] = seen["region"]
-            if "retry_after" in seen:
-                record["retry_after"] = seen["retry_after"][:32]
-            content_type = seen.get("content_type", "")
-            if "text/event-stream" in content_type:
-                record["stream"] = True
-            elif "json" in content_type:
-                record["stream"] = False
-        if request_headers is not None:
-            attempt = _pick(request_headers, {b"x-stainless-retry-count": "n"}).get("n")
-            if attempt and attempt.isdigit():
-                record["attempt"] = int(attempt)
-        for payload in events or ():
-            _sse_event(record, payload)
-        if body is not None:
-            _read_json(record, body, tail_only=tail_only)
-    except Exception:
+        record["deployment"] = model if model is not None else _model_of(body)
+        _read_body(record, head, tail, cut, sse)
+    except Exception:  # a record with fewer facts beats no record
         pass
     return record
 
 
+def _read_body(record: dict[str, Any], head: bytes, tail: bytes, cut: bool, sse: bool) -> None:
+    """``usage``, ``model`` and the error type from the kept bytes of the response body: its
+    start and its end (``cut``: the middle is gone, and the end's first line with it)."""
+    if not (sse or (head and head.lstrip()[:1] not in (b"{", b"[", b""))):
+        if tail and not cut:
+            head, tail = head + tail, b""
+        if head or tail:
+            _read_json(record, head, tail)
+        return
+    if not tail:
+        _read_sse(record, head, _SSE_MARKERS)
+        return
+    # A stream's head (up to its first delta) holds message_start; its tail the final events.
+    _read_sse(record, head, (_SSE_START, _SSE_ERROR))
+    # cut: the tail's first line is partial; else the head's last line may go on in the tail
+    tail = tail[tail.find(b"\n") + 1 :] if cut else head[head.rfind(b"\n") + 1 :] + tail
+    _read_sse(record, tail, (_SSE_DELTA, _SSE_ERROR))
+
+
+def _read_sse(record: dict[str, Any], data: bytes, markers: tuple[bytes, ...]) -> None:
+    """The data lines of the ``message_start``, ``message_delta`` and ``error`` events (their
+    quoted type names cannot occur unescaped anywhere else: text is JSON-escaped)."""
+    size = len(data)
+    for marker in markers:
+        pos = data.find(marker)
+        seen = 0
+        while pos >= 0 and seen < _SSE_EVENTS_MAX:
+            start = data.rfind(b"\n", 0, pos) + 1
+            end = data.find(b"\n", pos)
+            if end < 0:
+                end = size
+            if data.startswith(b"data:", start):
+                _sse_event(record, data[start + 5 : end])
+                seen += 1
+            pos = data.find(marker, end)
+
+
 def _sse_event(record: dict[str, Any], payload: bytes) -> None:
+    """One kept data line. ``message_start``/``message_delta`` (``type`` first, as the API
+    writes them): the integer token counts after ``"usage"`` are picked by one regex, and the
+    message's ``model``, without decoding the event; anything else takes the full parse."""
+    kind = payload.lstrip()[:40]
+    start = kind.startswith(b'{"type":"message_start"')
+    if start or kind.startswith(b'{"type":"message_delta"'):
+        pos = payload.find(_USAGE_KEY)
+        if pos >= 0:
+            usage = {k.decode(): int(v) for k, v in _USAGE_INTS.findall(payload, pos)}
+            if usage:
+                record["usage"] = {**record["usage"], **usage} if "usage" in record else usage
+        if start:
+            match = _MODEL_VALUE.search(payload)
+            if match is not None:
+                record["model"] = _unescape(match.group(1))
+        return
     try:
         event = json.loads(payload)
     except ValueError:
@@ -610,11 +940,16 @@ def _sse_event(record: dict[str, Any], payload: bytes) -> None:
         record["error_type"] = str(error.get("type") or error.get("code") or "error")[:64]
 
 
-def _read_json(record: dict[str, Any], body: bytes, *, tail_only: bool) -> None:
+def _read_json(record: dict[str, Any], body: bytes, tail: bytes = b"") -> None:
+    """A JSON body: whole (``body``) or, when it was large, only its end (``tail``)."""
     status = record.get("status") or 0
+    if not body:  # only the end of a large body is left: the usage, searched from the end
+        if status < 400:
+            usage = _tail_usage(tail)
+            if usage:
+                record["usage"] = usage
+        return
     if status >= 400:
-        if tail_only:
-            return
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -626,7 +961,7 @@ def _read_json(record: dict[str, Any], body: bytes, *, tail_only: bool) -> None:
                 record["error_type"] = str(kind)[:64]
         return
     usage = _tail_usage(body)
-    if usage is None and not tail_only:
+    if usage is None:
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -637,7 +972,7 @@ def _read_json(record: dict[str, Any], body: bytes, *, tail_only: bool) -> None:
                 record["model"] = parsed["model"]
     if usage:
         record["usage"] = usage
-    if "model" not in record and not tail_only:
+    if "model" not in record:
         match = _MODEL_VALUE.search(body, 0, 512)
         if match is not None:
             record["model"] = _unescape(match.group(1))
@@ -659,167 +994,7 @@ def _tail_usage(body: bytes) -> dict[str, int] | None:
     return usage if usage and "input_tokens" in usage else None
 
 
-_RESPONSE_HEADERS = {
-    b"request-id": "request_id",
-    b"apim-request-id": "apim_request_id",
-    b"x-ms-region": "region",
-    b"retry-after": "retry_after",
-    b"content-type": "content_type",
-}
-
-
-def _pick(headers: Any, wanted: dict[bytes, str]) -> dict[str, str]:
-    """The wanted headers in one pass (httpx/httpx2 keep ``(raw, lower, value)`` triples in
-    ``_list``; ``get`` per name would scan the list once per name)."""
-    found: dict[str, str] = {}
-    entries = getattr(headers, "_list", None)
-    if isinstance(entries, list) and (not entries or len(entries[0]) == 3):
-        for _raw, lower, value in entries:
-            name = wanted.get(lower)
-            if name is not None and name not in found:
-                found[name] = value.decode("latin-1")
-        return found
-    for key, name in wanted.items():
-        value = headers.get(key.decode())
-        if value is not None:
-            found[name] = value
-    return found
-
-
-# ----------------------------------------------------------------- the application's side
-def _begin(
-    spool: Spool, resource: str | None, request: Any, response: Any, wall: float, t0: float
-) -> _Call:
-    """What is known when the response headers arrive; the headers themselves are read by
-    the writer thread (the objects are kept, not copied; the request body is not kept)."""
-    ttfb = round((time.perf_counter() - t0) * 1000, 3)
-    try:
-        body = request.content
-    except Exception:  # a streamed upload: no model to read
-        body = None
-    record: dict[str, Any] = {
-        "v": VERSION,
-        "time": wall,
-        "deployment": _model_of(body),
-        "status": response.status_code,
-        "ttfb_ms": ttfb,
-        "_url": request.url,
-        "_resource": resource,
-        "_headers": response.headers,
-        "_request_headers": request.headers,
-    }
-    return _Call(spool, record, t0)
-
-
-def _failed(
-    spool: Spool, resource: str | None, request: Any, wall: float, t0: float, exc: BaseException
-) -> None:
-    """An attempt that got no response (timeout, refused connection): no ids, still a fact."""
-    try:
-        try:
-            body = request.content
-        except Exception:
-            body = None
-        spool.put(
-            {
-                "v": VERSION,
-                "time": wall,
-                "deployment": _model_of(body),
-                "status": None,
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-                "request_id": "",
-                "apim_request_id": "",
-                "error": type(exc).__name__,
-                "complete": False,
-                "_url": request.url,
-                "_resource": resource,
-                "_request_headers": request.headers,
-            }
-        )
-    except Exception:
-        pass
-
-
-# ------------------------------------------------------------------------- stream wrappers
-class _SyncObserved:
-    """Passes the network stream through, showing each chunk to the call first."""
-
-    def __init__(self, inner: Any, call: _Call) -> None:
-        self._inner = inner
-        self._call = call
-
-    def __iter__(self) -> Iterator[bytes]:
-        call = self._call
-        try:
-            for chunk in self._inner:
-                call.feed(chunk)
-                yield chunk
-        except GeneratorExit:
-            call.finish(complete=False)
-            raise
-        except BaseException as exc:
-            call.finish(complete=False, error=exc)
-            raise
-        call.finish(complete=True)
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._call.finish(complete=False)
-
-
-class _AsyncObserved:
-    def __init__(self, inner: Any, call: _Call) -> None:
-        self._inner = inner
-        self._call = call
-
-    async def __aiter__(self) -> Any:
-        call = self._call
-        try:
-            async for chunk in self._inner:
-                call.feed(chunk)
-                yield chunk
-        except GeneratorExit:
-            call.finish(complete=False)
-            raise
-        except BaseException as exc:
-            call.finish(complete=False, error=exc)
-            raise
-        call.finish(complete=True)
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._call.finish(complete=False)
-
-
-_STREAM_CLASSES: dict[str, tuple[type, type]] = {}
-
-
-def _stream_classes(library: str) -> tuple[type, type]:
-    """Stream wrappers that are instances of the library's byte-stream types (httpx asserts)."""
-    classes = _STREAM_CLASSES.get(library)
-    if classes is None:
-        module = importlib.import_module(library)
-        sync_cls = type("CapturedSyncStream", (_SyncObserved, module.SyncByteStream), {})
-        async_cls = type("CapturedAsyncStream", (_AsyncObserved, module.AsyncByteStream), {})
-        classes = _STREAM_CLASSES[library] = (sync_cls, async_cls)
-    return classes
-
-
 # ------------------------------------------------------------------------------ transports
-def _observe(response: Any, call: _Call, stream_cls: type) -> None:
-    """Watch the body as it streams; a body already read (a mock transport) is seen at once."""
-    content = getattr(response, "_content", None)
-    if isinstance(content, bytes):
-        call.feed(content)
-        call.finish(complete=True)
-    else:
-        response.stream = stream_cls(response.stream, call)
-
-
 class _CaptureTransport:
     """Wraps a sync transport: times the attempt and observes its response stream."""
 
@@ -834,11 +1009,10 @@ class _CaptureTransport:
         try:
             response = self.inner.handle_request(request)
         except BaseException as exc:
-            _failed(self.spool, self.resource, request, wall, t0, exc)
+            _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         try:
-            call = _begin(self.spool, self.resource, request, response, wall, t0)
-            _observe(response, call, self._stream_cls)
+            _observe(self._stream_cls(self.spool, self.resource, request, wall, t0), response)
         except Exception:
             self.spool.errors += 1
         return response
@@ -868,11 +1042,10 @@ class _AsyncCaptureTransport:
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException as exc:
-            _failed(self.spool, self.resource, request, wall, t0, exc)
+            _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         try:
-            call = _begin(self.spool, self.resource, request, response, wall, t0)
-            _observe(response, call, self._stream_cls)
+            _observe(self._stream_cls(self.spool, self.resource, request, wall, t0), response)
         except Exception:
             self.spool.errors += 1
         return response
@@ -886,6 +1059,20 @@ class _AsyncCaptureTransport:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.inner.__aexit__(*exc)
+
+
+def _failed(
+    cls: type,
+    spool: Spool,
+    resource: str | None,
+    request: Any,
+    wall: float,
+    t0: float,
+    exc: BaseException,
+) -> None:
+    """An attempt that got no response (timeout, refused connection): no ids, still a fact."""
+    with contextlib.suppress(Exception):
+        cls(spool, resource, request, wall, t0)._finish(False, exc)
 
 
 def _library_of(obj: Any) -> str:

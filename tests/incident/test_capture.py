@@ -401,7 +401,7 @@ def test_model_of_request_body(body: bytes, model: str) -> None:
     assert capture._model_of(body) == model
 
 
-def test_json_usage_found_from_the_tail_and_in_large_bodies() -> None:
+def test_json_usage_found_from_the_tail_and_in_large_bodies(tmp_path: Path) -> None:
     tool = {"type": "tool_use", "input": {"usage": {"input_tokens": 999}}}
     body = json.dumps(
         {"model": "m", "content": [tool], "usage": {"input_tokens": 7, "output_tokens": 8}}
@@ -413,19 +413,18 @@ def test_json_usage_found_from_the_tail_and_in_large_bodies() -> None:
             "usage": {"input_tokens": 1, "output_tokens": 2},
         }
     ).encode()
-    kept: dict = {}
-
-    class Spy:
-        def put(self, record: dict, weight: int = 0) -> bool:
-            kept.update(record, weight=weight)
-            return True
-
-    call = capture._Call(Spy(), {"status": 200, "_url": None}, time.perf_counter())  # type: ignore[arg-type]
-    for i in range(0, len(huge), 65536):
-        call.feed(huge[i : i + 65536])
-    call.finish(complete=True)
-    assert kept["weight"] <= 16 * 1024  # only the tail of a large body is held for the writer
-    assert capture._finalize(kept)["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    path = tmp_path / "huge.jsonl"
+    spool = capture._spool_for(path)
+    spool._thread = threading.current_thread()  # no writer yet: what the app holds stays
+    chunks = [huge[i : i + 65536] for i in range(0, len(huge), 65536)]
+    http = capture.instrument(httpx2.Client(transport=_mock_transport(chunks)), spool=path)
+    assert http.post("https://x.services.ai.azure.com/anthropic/v1/messages").content == huge
+    assert 0 < spool._held <= 16 * 1024  # only the tail of a large body is held for the writer
+    spool._thread = None
+    spool._start()
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    capture._SPOOLS.pop(str(path)).close()
 
 
 def test_httpx_classic_client_is_supported(tmp_path: Path) -> None:
@@ -469,3 +468,125 @@ def test_buffer_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     spool._start()
     assert spool.flush() and spool._held == 0 and spool.written == 3
     spool.close()
+
+
+# ------------------------------------------------------- the request path stays cheap
+def _held_back(path: Path, **options) -> capture.Spool:
+    """The spool at ``path`` with its writer not started: what the application hands over
+    stays in the buffer, where it can be inspected."""
+    spool = capture._spool_for(path, **options)
+    spool._thread = threading.current_thread()
+    return spool
+
+
+def _release(spool: capture.Spool) -> None:
+    spool._thread = None
+    spool._start()
+
+
+def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "full.jsonl"
+    spool = _held_back(path, queue_size=3)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    for _ in range(10):
+        assert http.post("https://r.services.ai.azure.com/anthropic/v1/messages").status_code == 200
+    stats = capture.spool_stats(path)
+    assert (stats["dropped"], stats["queued"], stats["written"]) == (7, 3, 0)
+    _release(spool)
+    assert len(records(path)) == 3
+    stats = capture.spool_stats(path)
+    assert (stats["dropped"], stats["queued"], stats["written"]) == (7, 0, 3)
+    assert stats["writer_cpu_s"] >= 0.0
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_queued_attempts_hold_no_objects(tmp_path: Path) -> None:
+    """What waits for the writer is one flat tuple of atoms (no headers, URL or request objects
+    kept alive, nothing for the garbage collector to trace), and no prompt beyond the body
+    bytes that the writer reads only for ``model``."""
+    path = tmp_path / "flat.jsonl"
+    spool = _held_back(path)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    http.post("https://r.services.ai.azure.com/anthropic/v1/messages", json={"model": "m"})
+    ((facts, weight),) = spool._buffer
+    assert type(facts) is tuple
+    assert all(isinstance(x, (str, bytes, int, float, type(None))) for x in facts)
+    assert weight == spool._held > 0
+    _release(spool)
+    (rec,) = records(path)
+    assert rec["deployment"] == "m" and rec["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def _long_stream(deltas: int) -> bytes:
+    start = {
+        "type": "message_start",
+        "message": {"model": "claude-haiku-4-5", "usage": {"input_tokens": 9, "output_tokens": 1}},
+    }
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"text": "x" * 100}}
+    end = {"type": "message_delta", "usage": {"output_tokens": deltas}}
+    return _sse(start, *[delta] * deltas, end, {"type": "message_stop"})
+
+
+def test_long_stream_keeps_only_its_head_and_tail(tmp_path: Path) -> None:
+    """Thousands of chunks: each is passed on, only the first ones and the last ~16 KB are
+    held, and the usage of both ends is found."""
+    body = _long_stream(3000)
+    events = body.split(b"\n\n")
+    chunks = [e + b"\n\n" for e in events[:-1]]
+    assert b"".join(chunks) == body and len(body) > 300_000
+    path = tmp_path / "long.jsonl"
+    spool = _held_back(path)
+    transport = _mock_transport(chunks, "text/event-stream")
+    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
+    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
+        assert b"".join(r.iter_raw()) == body
+    assert spool._held <= 20 * 1024
+    _release(spool)
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 9, "output_tokens": 3000}
+    assert rec["model"] == "claude-haiku-4-5" and rec["stream"] is True
+    assert rec["ttfb_ms"] <= rec["ttft_ms"] <= rec["latency_ms"]
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_async_stream_split_at_every_byte(tmp_path: Path) -> None:
+    body = _long_stream(3)
+    path = tmp_path / "async-bytes.jsonl"
+
+    class Bytes(httpx2.AsyncByteStream):
+        async def __aiter__(self):
+            for i in range(len(body)):
+                yield body[i : i + 1]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "text/event-stream", "apim-request-id": str(uuid.uuid4())}
+        return httpx2.Response(200, headers=headers, stream=Bytes())
+
+    async def run() -> bytes:
+        http = capture.instrument(
+            httpx2.AsyncClient(transport=httpx2.MockTransport(handler)), spool=path
+        )
+        async with http:
+            response = await http.post("https://x.services.ai.azure.com/anthropic/v1/messages")
+            return response.content
+
+    assert asyncio.run(run()) == body
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 9, "output_tokens": 3} and "ttft_ms" in rec
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_large_request_body_is_not_held_for_the_writer(tmp_path: Path) -> None:
+    """A request body above the deferral size has its ``model`` read at once, not kept."""
+    path = tmp_path / "big-request.jsonl"
+    spool = _held_back(path)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    prompt = "p" * (capture._BODY_DEFER_MAX + 1000)
+    payload = {"max_tokens": 5, "messages": [{"role": "user", "content": prompt}], "model": "big"}
+    http.post("https://r.services.ai.azure.com/anthropic/v1/messages", json=payload)
+    assert spool._held < 1000  # the response only
+    _release(spool)
+    (rec,) = records(path)
+    assert rec["deployment"] == "big"
+    capture._SPOOLS.pop(str(path)).close()
