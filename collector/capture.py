@@ -60,6 +60,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import filterfalse, islice
 from typing import Any
 
 __all__ = ["Spool", "flush", "instrument", "spool_stats", "transport"]
@@ -146,6 +147,7 @@ def _encode(record: dict[str, Any]) -> str:
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _LOWER_VALUE = operator.itemgetter(1, 2)
 _LOWER = operator.itemgetter(1)
+_WEIGHT = operator.itemgetter(1)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -274,9 +276,8 @@ class Spool:
             c0 = time.thread_time()
             try:
                 while buffer:
-                    batch = []
-                    while buffer and len(batch) < _BATCH:
-                        batch.append(buffer.popleft())
+                    # only this thread pops: the first n are there (taken in C, not a loop)
+                    batch = list(islice(iter(buffer.popleft, None), min(len(buffer), _BATCH)))
                     try:
                         self._write_batch(batch)
                     except Exception as exc:  # never let the thread die
@@ -288,7 +289,7 @@ class Spool:
                 return
 
     def _write_batch(self, batch: list[tuple[Any, int]]) -> None:
-        released = sum(weight for _, weight in batch)
+        released = sum(map(_WEIGHT, batch))
         if time.monotonic() < self._retry_at:
             self.errors += len(batch)
             with self._held_lock:
@@ -299,12 +300,19 @@ class Spool:
         try:
             for n, (record, _) in enumerate(batch, 1):
                 try:
+                    line = None
                     if type(record) is tuple:  # an attempt's facts
-                        record = _finalize(record)
+                        try:
+                            line = _line(record, logged)  # a stream's usual shape
+                        except Exception:
+                            line = None
+                        if line is None:
+                            record = _finalize(record)
                     elif isinstance(record.get("time"), float):
                         record["time"] = _iso(record["time"])
-                    record["logged"] = logged
-                    line = _encode(record)
+                    if line is None:
+                        record["logged"] = logged
+                        line = _encode(record)
                 except Exception as exc:  # one bad record is skipped, not the batch
                     self._fail(1, exc, backoff=False)
                     continue
@@ -317,10 +325,22 @@ class Spool:
                     self._held -= released
         if not texts:
             return
-        lines = [text.encode("ascii") + b"\n" for text in texts]  # ensure_ascii: ASCII text
         done = 0
         try:
             fd = self._open()
+            data = ("\n".join(texts) + "\n").encode("ascii")  # ensure_ascii: ASCII text
+            if self._size + len(data) <= self.max_bytes:  # the usual case: no rotation
+                self._write_bytes(fd, data)
+                self._size += len(data)
+                self.written += len(texts)
+                self._backoff = 0.5
+                return
+        except OSError as exc:
+            self._fail(len(texts), exc)
+            self._close_fd()
+            return
+        lines = [text.encode("ascii") + b"\n" for text in texts]
+        try:
             pending: list[bytes] = []
             pending_size = 0
             for line in lines:
@@ -547,9 +567,10 @@ class _SyncObserved(_Attempt):
     """Passes the network stream through untouched, keeping the chunks that matter.
 
     Per chunk on the request path: until the first ``content_block_delta`` of a stream (its time
-    is the TTFT) the chunk is kept and searched; after it, the chunk is appended to a short list
-    that is cut to its last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is
-    in the last events). No parsing, no per-chunk method call.
+    is the TTFT) the chunk is kept and searched; after it, the chunk is appended (by C code:
+    ``filterfalse``/``islice``, no bytecode of ours per chunk) to a short list that is cut to its
+    last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last
+    events). No parsing, no per-chunk method call.
     """
 
     def __iter__(self) -> Iterator[bytes]:
@@ -579,12 +600,16 @@ class _SyncObserved(_Attempt):
                     yield chunk
                     break
                 yield chunk
-            for chunk in chunks:
-                tail.append(chunk)
-                if len(tail) > _TAIL_CHUNKS:
-                    tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
-                    self.cut = True
-                yield chunk
+            while True:
+                # Up to the next cut, the chunks are passed on and kept by C code
+                # (``filterfalse`` calls ``tail.append``, which returns None, on each one and
+                # yields them all): no bytecode of this loop runs per chunk.
+                room = _TAIL_CHUNKS + 1 - len(tail)
+                yield from filterfalse(tail.append, islice(chunks, room))
+                if len(tail) <= _TAIL_CHUNKS:
+                    break  # the stream ended short of a cut
+                tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
+                self.cut = True
         except GeneratorExit:
             self._finish(False)
             raise
@@ -844,7 +869,7 @@ def _finalize(facts: tuple) -> dict[str, Any]:
     record["complete"] = complete
     if error:
         record["error"] = error
-    if retry and retry.isdigit():
+    if retry and retry.isascii() and retry.isdigit():
         record["attempt"] = int(retry)
     if region is not None:
         record["region"] = region
@@ -861,6 +886,153 @@ def _finalize(facts: tuple) -> dict[str, Any]:
     except Exception:  # a record with fewer facts beats no record
         pass
     return record
+
+
+# The fast path of the writer (what nearly every streamed record takes). ``_finalize`` builds a
+# dict that the C encoder then walks key by key; for a stream that is most of the writer's CPU.
+# Here the line is written by one f-string in the record's key order, with only the variable
+# strings escaped (the ``json`` module's own C escaper), and the usage read straight from the
+# bytes of the two events that carry it. Anything this path does not recognise as the usual
+# shape returns None and takes ``_finalize``: the tests check that both write the same bytes.
+_ESC = json.encoder.encode_basestring_ascii
+_START_LINE = b'data: {"type":"message_start",'
+_DELTA_LINE = b'data: {"type":"message_delta",'
+
+
+def _line(facts: tuple, logged: str) -> str | None:
+    """The JSON line of a streamed attempt's facts (what ``_encode(_finalize(facts))`` with
+    ``logged`` writes), or None when it is not the usual shape (then the general path runs)."""
+    (
+        wall,
+        t0,
+        t_head,
+        ttft,
+        t_end,
+        status,
+        complete,
+        error,
+        resource,
+        retry,
+        body,
+        model,
+        head,
+        tail,
+        cut,
+        sse,
+        request_id,
+        apim_request_id,
+        region,
+        retry_after,
+        content_type,
+    ) = facts
+    if not sse or type(status) is not int or type(complete) is not bool:
+        return None
+    usage = _sse_usage(head, tail, cut)
+    if usage is None:
+        return None
+    pairs, found = usage
+    line = (
+        f'{{"v":{VERSION},"time":"{_iso(wall)}","deployment":'
+        f"{_ESC(model if model is not None else _model_of(body))},"
+        f'"status":{status},"resource":{_ESC(resource)},'
+        f'"request_id":{_ESC(request_id or "")},'
+        f'"apim_request_id":{_ESC(apim_request_id or "")}'
+    )
+    if t_head:
+        line += f',"ttfb_ms":{round((t_head - t0) * 1000, 3)!r}'
+    if ttft:
+        line += f',"ttft_ms":{round((ttft - t0) * 1000, 3)!r}'
+    line += f',"latency_ms":{round((t_end - t0) * 1000, 3)!r},"complete":' + (
+        "true" if complete else "false"
+    )
+    if error:
+        line += f',"error":{_ESC(error)}'
+    if retry and retry.isascii() and retry.isdigit():
+        line += f',"attempt":{int(retry)}'
+    if region is not None:
+        line += f',"region":{_ESC(region)}'
+    if retry_after is not None:
+        line += f',"retry_after":{_ESC(retry_after[:32])}'
+    if content_type:
+        if "text/event-stream" in content_type:
+            line += ',"stream":true'
+        elif "json" in content_type:
+            line += ',"stream":false'
+    line += f',"usage":{{{pairs}}}'
+    if found is not None:
+        line += f',"model":{_ESC(_unescape(found))}'
+    return f'{line},"logged":"{logged}"}}'
+
+
+def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] | None:
+    """A stream's usage (JSON members, without braces) and raw ``model`` value, read from the
+    one ``message_start`` event of ``head`` and the one ``message_delta`` event after it, each
+    a ``data: {"type":…`` line; None for any other shape (an error event, repeated events, no
+    usage in message_start, a line that the general path would read differently)."""
+    if _SSE_ERROR in head or _SSE_ERROR in tail:
+        return None
+    start = head.find(_SSE_START)
+    if start < 0 or head.find(_SSE_START, start + 15) >= 0:
+        return None
+    line = head.rfind(b"\n", 0, start) + 1
+    if line + 14 != start or not head.startswith(_START_LINE, line):
+        return None
+    end = head.find(b"\n", start)
+    if end < 0:
+        end = len(head)
+    pos = head.find(_USAGE_KEY, start, end)
+    if pos < 0:
+        return None
+    found = _USAGE_INTS.findall(head, pos, end)
+    if not found:
+        return None
+    usage = dict(found)
+    model = _model_at(head, line, end)
+    # where the general path looks for message_delta: the head alone, the cut tail after its
+    # first (partial) line, or the tail (its start is a line start when the head ends one)
+    if not tail:
+        data, begin = head, 0
+    elif cut:
+        data, begin = tail, tail.find(b"\n") + 1
+    elif head.endswith(b"\n"):
+        data, begin = tail, 0
+    else:
+        return None
+    delta = data.find(_SSE_DELTA, begin)
+    if delta >= 0:
+        if data.find(_SSE_DELTA, delta + 15) >= 0:
+            return None
+        line = data.rfind(b"\n", 0, delta) + 1
+        if line + 14 != delta or not data.startswith(_DELTA_LINE, line):
+            return None
+        end = data.find(b"\n", delta)
+        if end < 0:
+            end = len(data)
+        pos = data.find(_USAGE_KEY, delta, end)
+        if pos >= 0:
+            usage.update(_USAGE_INTS.findall(data, pos, end))
+    pairs = b",".join(map(_PAIR, usage.items()))  # the digits as they are: JSON already
+    if _ODD_NUMBER.search(pairs) is not None:
+        return None
+    return pairs.decode("ascii"), model
+
+
+_PAIR = b'"%s":%s'.__mod__
+#: Digits that ``int()`` (the general path) would not copy as they are: a leading zero, or
+#: too many (``int`` refuses over ``sys.get_int_max_str_digits()``).
+_ODD_NUMBER = re.compile(rb":(?:0\d|\d{19})")
+
+
+def _model_at(data: bytes, start: int, end: int) -> bytes | None:
+    """``_MODEL_VALUE.search(data, start, end)``'s value: a plain ``"model":"…"`` read with
+    two searches, anything else by the regex."""
+    pos = data.find(b'"model":"', start, end)
+    if pos >= 0 and data.find(b'"model"', start, pos) < 0:
+        close = data.find(b'"', pos + 9, end)
+        if pos + 9 <= close <= pos + 9 + 256 and data.find(b"\\", pos + 9, close) < 0:
+            return data[pos + 9 : close]
+    match = _MODEL_VALUE.search(data, start, end)
+    return None if match is None else match.group(1)
 
 
 def _read_body(record: dict[str, Any], head: bytes, tail: bytes, cut: bool, sse: bool) -> None:

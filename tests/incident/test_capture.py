@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import threading
 import time
 import uuid
@@ -589,4 +590,181 @@ def test_large_request_body_is_not_held_for_the_writer(tmp_path: Path) -> None:
     _release(spool)
     (rec,) = records(path)
     assert rec["deployment"] == "big"
+    capture._SPOOLS.pop(str(path)).close()
+
+
+# ------------------------------------------- the writer's fast path for streams vs the general
+_LOGGED = "2026-01-02T03:04:05.678Z"
+_START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [],
+        "usage": {
+            "input_tokens": 20,
+            "cache_creation_input_tokens": 3,
+            "cache_read_input_tokens": 7,
+            "cache_creation": {"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 2},
+            "output_tokens": 1,
+            "service_tier": "standard",
+        },
+    },
+}
+_BLOCK = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+_DELTA = {"type": "content_block_delta", "index": 0, "delta": {"text": 'say "usage" {'}}
+_END = {
+    "type": "message_delta",
+    "delta": {"stop_reason": "end_turn"},
+    "usage": {"input_tokens": 20, "output_tokens": 42},
+}
+_USUAL = _sse(_START, _BLOCK, {"type": "ping"}, _DELTA, _DELTA, _END, {"type": "message_stop"})
+
+
+def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tuple:
+    """An attempt's facts as ``_Attempt._finish`` hands them to the writer."""
+    facts = {
+        "wall": 1767323045.678,
+        "t0": 100.0,
+        "t_head": 100.001,
+        "ttft": 100.0125,
+        "t_end": 100.25,
+        "status": 200,
+        "complete": True,
+        "error": "",
+        "resource": "res",
+        "retry": "0",
+        "body": b'{"model":"dep-1","stream":true}',
+        "model": None,
+        "head": head,
+        "tail": tail,
+        "cut": cut,
+        "sse": True,
+        "request_id": "req_0123",
+        "apim_request_id": "3f1c",
+        "region": "eastus2",
+        "retry_after": None,
+        "content_type": "text/event-stream; charset=utf-8",
+    }
+    facts.update(changes)
+    return tuple(facts.values())
+
+
+def _same_line(facts: tuple) -> str | None:
+    """The fast path's line, checked to be the general path's bytes (or absent: fallback)."""
+    general = capture._encode({**capture._finalize(facts), "logged": _LOGGED})
+    fast = capture._line(facts, _LOGGED)
+    assert fast is None or fast == general, (fast, general)
+    return fast
+
+
+def test_fast_stream_line_is_the_general_line() -> None:
+    head = _sse(_START, _BLOCK, {"type": "ping"}, _DELTA)
+    fast = _same_line(_facts(head, _sse(_DELTA, _END, {"type": "message_stop"})))
+    assert fast is not None  # the usual shape takes the fast path
+    rec = json.loads(fast)
+    assert rec["usage"] == {
+        "input_tokens": 20,
+        "cache_creation_input_tokens": 3,
+        "cache_read_input_tokens": 7,
+        "ephemeral_5m_input_tokens": 1,
+        "ephemeral_1h_input_tokens": 2,
+        "output_tokens": 42,
+    }
+    assert rec["model"] == "claude-haiku-4-5" and rec["deployment"] == "dep-1"
+    for changes in (
+        {"t_head": 0.0, "ttft": 0.0},
+        {"error": "ReadTimeout", "complete": False, "status": 529},
+        {"retry": "3", "retry_after": "12" * 40, "region": None},
+        {"retry": None, "request_id": None, "apim_request_id": 'é"\\\n'},
+        {"content_type": None, "model": "from-request", "resource": "r\u2603"},
+        {"content_type": "application/json"},
+    ):
+        assert _same_line(_facts(head, _sse(_END), **changes)) is not None, changes
+    for changes in ({"status": None}, {"complete": 1}, {"sse": False}):  # not the usual shape
+        assert capture._line(_facts(head, _sse(_END), **changes), _LOGGED) is None
+
+
+def test_fast_stream_line_split_at_every_byte() -> None:
+    """The head/tail boundary and the tail's cut anywhere in the stream: same line as the
+    general path each time, and the fast path still taken when the cut is at a line end."""
+    fast_splits = 0
+    for i in range(len(_USUAL) + 1):
+        head, tail = _USUAL[:i], _USUAL[i:]
+        fast_splits += _same_line(_facts(head, tail)) is not None
+        _same_line(_facts(_USUAL[:200], _USUAL[i:], cut=True))
+        _same_line(_facts(head))
+    assert fast_splits >= _USUAL.count(b"\n") // 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _sse(_START, {"type": "error", "error": {"type": "overloaded_error"}}),
+        _sse(_START, _END, _END),  # two message_delta events
+        _sse(_START, {**_END, "usage": {"output_tokens": 5}}, _END),
+        _sse({"type": "message_start", "message": {"model": "m"}}, _END),  # no usage at start
+        _sse(_START, _START, _END),
+        _USUAL.replace(b"data: ", b"data:"),
+        _USUAL.replace(b"data: ", b"data:  "),
+        _USUAL.replace(b'{"type":"message_start","message":', b'{"message":', 1),
+        _USUAL.replace(b'"input_tokens":20', b'"input_tokens":007'),
+        _USUAL.replace(b'"output_tokens":42', b'"output_tokens":' + b"9" * 30),
+        _USUAL.replace(b'"output_tokens":42', b'"output_tokens" : 42'),
+        _USUAL.replace(b'"claude-haiku-4-5"', b'"claude\\"haiku"'),
+        _USUAL.replace(b'"claude-haiku-4-5"', b'"' + b"m" * 300 + b'"'),
+        _USUAL.replace(b'"model":"claude-haiku-4-5"', b'"model": "spaced"'),
+        _USUAL.replace(b"\n", b"\r\n"),
+        _USUAL.replace(b'"usage":{"input_tokens":20,"output_tokens":42}', b'"usage":{}'),
+        _USUAL.replace(b"event: message_delta\ndata: ", b"event: message_delta\nid: "),
+        b"event: message_start\ndata: " + b"x" * 50,
+        b"",
+    ],
+)
+def test_unusual_streams_fall_back_to_the_general_path(body: bytes) -> None:
+    """Whatever the fast path does not recognise, the general path (full parse of the event
+    where needed) writes; the lines are the same at every head/tail boundary."""
+    for i in range(0, len(body) + 1, 7):
+        _same_line(_facts(body[:i], body[i:]))
+        _same_line(_facts(body[:i], body[i:], cut=True))
+
+
+def test_fast_stream_line_fuzzed() -> None:
+    """Random event sequences (usual and odd) and random boundaries, seeded."""
+    rng = random.Random(8)
+    events = [
+        _START,
+        _BLOCK,
+        _DELTA,
+        _END,
+        {"type": "ping"},
+        {"type": "message_stop"},
+        {"type": "error", "error": {"type": "api_error"}},
+        {"type": "message_delta", "usage": {"output_tokens": 7, "cache_read_input_tokens": 1}},
+        {"type": "message_start", "message": {"usage": {"input_tokens": 3}, "model": "x"}},
+    ]
+    for _ in range(400):
+        body = _sse(*rng.choices(events, k=rng.randint(0, 6)))
+        if rng.random() < 0.3 and body:  # a damaged byte
+            at = rng.randrange(len(body))
+            body = body[:at] + bytes([rng.choice(b'"{}:\n0123 ')]) + body[at + 1 :]
+        i = rng.randint(0, len(body))
+        _same_line(_facts(body[:i], body[i:], cut=rng.random() < 0.3))
+
+
+@pytest.mark.parametrize("tail_chunks", [0, 1, 15, 16, 17, 18, 33, 34, 50])
+def test_tail_is_kept_across_cuts(tmp_path: Path, tail_chunks: int) -> None:
+    """Chunk counts around the tail's cut points: every chunk passed on, the final usage found."""
+    filler = _sse(*[{"type": "ping"}] * tail_chunks).split(b"\n\n")[:-1]
+    head = _sse(_START, _BLOCK, _DELTA)
+    chunks = [head, *(f + b"\n\n" for f in filler), _sse(_END, {"type": "message_stop"})]
+    path = tmp_path / "tail.jsonl"
+    transport = _mock_transport(chunks, "text/event-stream")
+    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
+    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
+        assert list(r.iter_raw()) == chunks
+    (rec,) = records(path)
+    assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
     capture._SPOOLS.pop(str(path)).close()
