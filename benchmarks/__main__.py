@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ingest": "benchmarks.ingest",
     "collector": "benchmarks.collector",
     "capture": "benchmarks.capture",
+    "backfill": "benchmarks.backfill",
     "dashboard": "benchmarks.dashboard",
 }
 

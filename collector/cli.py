@@ -25,8 +25,8 @@ from collector.jobs import SOURCES
 from collector.jobs.base import JobContext, ScopeOutcome
 from collector.lock import CollectorLock, LockHeld
 from collector.request_cmd import request
+from collector.service import StopRequest, run_cycle, serve, stop_on_signals, summarize
 from collector.service import backfill as run_backfill
-from collector.service import run_cycle, serve
 from collector.status import StoreStatus, read_status
 from models.db import DatabaseUnavailable, check_connection, make_engine, safe_url
 from models.migrations import SchemaOutOfDate, ensure_current, upgrade
@@ -284,6 +284,46 @@ def _print_outcomes(outcomes: list[ScopeOutcome]) -> None:
     out.print(table)
 
 
+_COLOURS = {"ok": "green", "partial": "yellow", "stopped": "yellow", "skipped": "dim"}
+
+
+def _print_summary(outcomes: list[ScopeOutcome], timings: dict[str, float]) -> None:
+    """The backfill's closing table: one row per source, however many chunks it took."""
+    table = Table(
+        "source",
+        "scopes",
+        "status",
+        "rows",
+        "API calls",
+        "duration",
+        "failures",
+        "error",
+        title="Collection",
+    )
+    for s in summarize(outcomes, timings):
+        colour = _COLOURS.get(s.status, "red")
+        table.add_row(
+            s.source,
+            str(s.scopes),
+            f"[{colour}]{s.status}[/]",
+            f"{s.rows:,}",
+            f"{s.api_calls:,}",
+            _duration(round(s.seconds)),
+            str(s.failures),
+            escape(s.error),
+        )
+    out.print(table)
+
+
+def _stopped(request: StopRequest) -> None:
+    """After a SIGTERM/SIGINT stop: say what is kept, exit 128 + the signal's number."""
+    sys.stderr.write(
+        f"foundry-watch: stopped by {request.name}; every finished chunk is stored, "
+        "run the same command again to continue from the watermarks\n"
+    )
+    raise typer.Exit(request.exit_code)
+
+
 @app.command()
 def collect(
     ctx: typer.Context,
@@ -306,8 +346,11 @@ def collect(
     job_ctx = _job_context(settings)
     with CollectorLock(job_ctx.engine, wait=wait):
         if once:
-            outcomes = run_cycle(job_ctx, source or None)
+            with stop_on_signals(job_ctx) as stop:
+                outcomes = run_cycle(job_ctx, source or None)
             _print_outcomes(outcomes)
+            if stop.signum:
+                _stopped(stop)
             if any(o.status == "failed" for o in outcomes):
                 raise typer.Exit(1)
             return
@@ -331,8 +374,9 @@ def _backfill_with_progress(job_ctx: JobContext, days: int) -> list[ScopeOutcome
                 tasks[source] = bar.add_task(source, total=total)
             bar.update(tasks[source], completed=done, total=total)
 
-        outcomes = run_backfill(job_ctx, days, progress)
-    _print_outcomes(outcomes)
+        timings: dict[str, float] = {}
+        outcomes = run_backfill(job_ctx, days, progress, timings)
+    _print_summary(outcomes, timings)
     return outcomes
 
 
@@ -344,8 +388,10 @@ def backfill(
 ) -> None:
     """Fill the last N days; interrupted and re-run, it continues from the watermarks."""
     job_ctx = _job_context(_settings(ctx))
-    with CollectorLock(job_ctx.engine, wait=wait):
+    with CollectorLock(job_ctx.engine, wait=wait), stop_on_signals(job_ctx) as stop:
         outcomes = _backfill_with_progress(job_ctx, days)
+    if stop.signum:
+        _stopped(stop)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 

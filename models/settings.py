@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
         default_factory=list, description="client-capture JSONL spools (paths or globs)"
     )
     capture_interval_s: int = Field(60, ge=10)
+    now: datetime | None = Field(
+        None,
+        description="pin the collector's 'now' to this ISO-8601 UTC instant (reproducible "
+        "backfills and tests; never in production)",
+    )
 
     # Budget and operational alerts (TOML tables; validated by alerts.config, see README).
     budgets: list[dict[str, Any]] = Field(default_factory=list)
@@ -105,6 +111,14 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("now")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """A naive instant is read as UTC; an aware one is converted to UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @field_validator("log_level", mode="before")
     @classmethod

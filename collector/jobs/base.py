@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from azure.core.credentials import TokenCredential
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 
 from collector.azure import AzureClients
 from collector.errors import describe_azure_error
 from collector.runs import start_run, utcnow
 from models.settings import Settings
+from models.tables import CollectorRun
 
 log = logging.getLogger("foundry_watch.collector")
 
@@ -46,6 +48,20 @@ class JobContext:
     engine: Engine
     credential: TokenCredential
     clock: Callable[[], datetime] = utcnow
+    #: Set (e.g. by SIGTERM/SIGINT) to stop between chunks; see :meth:`stopping`.
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        # ``FOUNDRY_WATCH_NOW`` pins "now" for every job (a fixed instant, not a moving clock):
+        # two runs over the same settings then cover exactly the same window.
+        pinned = getattr(self.settings, "now", None)
+        if pinned is not None and self.clock is utcnow:
+            self.clock = lambda: pinned
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked: jobs check it between chunks, never inside one, so the
+        chunk in flight commits (rows + watermark + run record) or rolls back whole."""
+        return self.stop.is_set()
 
     def clients(self) -> AzureClients:
         return AzureClients(self.settings, self.credential)
@@ -119,6 +135,50 @@ def run_scope(
     return ScopeOutcome(
         job, scope, written.status, written.rows, clients.counter.calls, written.error
     )
+
+
+def coverage_start(
+    conn: Connection, job: str, scope: str, high_water: datetime | None
+) -> datetime | None:
+    """Where the contiguous stretch of collected data that ends at ``high_water`` begins.
+
+    The watermark only says how far a scope is collected; ``backfill --days N`` also needs to
+    know from where, to fill what lies before (a shorter earlier backfill, a store started by
+    ``collect``). It is read from the run records, conservatively (too late only costs a
+    re-read, never leaves a gap):
+
+    - a run that ended ok covered its window from its start: every run starts at its
+      watermark minus the overlap, at the requested start when there was none, or (backfill
+      extending backwards) right before the covered stretch, one chunk at a time;
+    - the latest run still reaching past the watermark (a forward run killed, stopped or
+      failed after committing slices) covered its start too: it started at the watermark, or
+      it was the first run and set the watermark itself.
+
+    None when there is no watermark or no such run (run records pruned, a hand-set
+    watermark): callers then only continue from the watermark, as before run records existed.
+    """
+    if high_water is None:
+        return None
+    mine = (CollectorRun.job == job, CollectorRun.scope == scope)
+    finished = conn.execute(
+        select(func.min(CollectorRun.window_start)).where(
+            *mine,
+            CollectorRun.status == "ok",
+            CollectorRun.window_start.is_not(None),
+        )
+    ).scalar_one_or_none()
+    forward = conn.execute(
+        select(CollectorRun.window_start)
+        .where(
+            *mine,
+            CollectorRun.window_start.is_not(None),
+            CollectorRun.window_end > high_water,
+        )
+        .order_by(CollectorRun.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    found = [t for t in (finished, forward) if t is not None]
+    return min(found) if found else None
 
 
 def skipped(ctx: JobContext, job: str, scope: str, reason: str) -> ScopeOutcome:

@@ -55,7 +55,14 @@ from azure.core.rest import HttpRequest
 from sqlalchemy import Connection, delete, select
 
 from collector.azure import AzureClients
-from collector.jobs.base import JobContext, ScopeOutcome, Written, resource_group_of, run_scope
+from collector.jobs.base import (
+    JobContext,
+    ScopeOutcome,
+    Written,
+    coverage_start,
+    resource_group_of,
+    run_scope,
+)
 from models.db import upsert
 from models.tables import Cost, Watermark
 
@@ -567,13 +574,20 @@ def _collect_scope(
     oldest: date,
     on_slice: Callable[[int], None] | None = None,
     plan: list[Slice] | None = None,
+    fill_back: bool = False,
 ) -> list[ScopeOutcome]:
-    """Pull ``plan`` (or this cycle's window) slice by slice; stop at the first failure."""
+    """Pull ``plan`` (or this cycle's window) slice by slice; stop at the first failure.
+
+    ``fill_back``: the slices lie before the collected stretch (newest first); the watermark
+    stays where it is (their run records say how far back the stretch now reaches).
+    """
     wm_scope = watermark_scope(scope, cost_type)
     if plan is None:
         plan = plan_scope(ctx, scope, cost_type, oldest)
     outcomes: list[ScopeOutcome] = []
     for i, sl in enumerate(plan):
+        if ctx.stopping():  # between slices only: the one before committed whole
+            break
 
         def fetch(clients: AzureClients, sl: Slice = sl) -> Fetched:
             return fetch_slice(ctx, clients, scope, cost_type, sl)
@@ -583,7 +597,8 @@ def _collect_scope(
             written = replace_slice(conn, scope, cost_type, sl, fetched.rows)
             now = ctx.clock()
             fetched_at = fetched.fetched_at or now
-            write_watermark(conn, wm_scope, min(sl.end, fetched_at), now)
+            if not fill_back:
+                write_watermark(conn, wm_scope, min(sl.end, fetched_at), now)
             return Written(
                 written, "ok", _notes(scope, sl, fetched), (sl.start, min(sl.end, fetched_at))
             )
@@ -673,10 +688,12 @@ def run(ctx: JobContext) -> list[ScopeOutcome]:
     outcomes: list[ScopeOutcome] = []
     for scope in cost_scopes(ctx.settings):
         for cost_type in cost_types(ctx.settings):
+            if ctx.stopping():
+                return outcomes
             done = _collect_scope(ctx, scope, cost_type, oldest)
             if done:
                 outcomes.append(_merge(watermark_scope(scope, cost_type), done))
-            else:
+            elif not ctx.stopping():
                 outcomes.append(_skipped(ctx, scope, cost_type))
     return outcomes
 
@@ -695,12 +712,18 @@ def backfill(
         for scope in cost_scopes(ctx.settings)
         for cost_type in cost_types(ctx.settings)
     ]
-    total = sum(len(p) for _s, _c, p in plans) or 1
+    backs = {
+        (scope, cost_type): plan_fill_back(ctx, scope, cost_type, oldest)
+        for scope, cost_type, _plan in plans
+    }
+    total = sum(len(p) for _s, _c, p in plans) + sum(len(b) for b in backs.values()) or 1
     done = 0
     if progress:
         progress(0, total)
     outcomes: list[ScopeOutcome] = []
     for scope, cost_type, plan in plans:
+        if ctx.stopping():
+            return outcomes
         if not plan:
             outcomes.append(_skipped(ctx, scope, cost_type))
             continue
@@ -712,7 +735,43 @@ def backfill(
 
         results = _collect_scope(ctx, scope, cost_type, oldest, on_slice, plan)
         done = base + len(plan)
-        outcomes.append(_merge(watermark_scope(scope, cost_type), results))
+        if results:  # empty only when stopped before its first slice
+            outcomes.append(_merge(watermark_scope(scope, cost_type), results))
+    for (scope, cost_type), back in backs.items():
+        if ctx.stopping():
+            return outcomes
+        if not back:
+            continue
+        base = done
+
+        def on_back(n: int, base: int = base) -> None:
+            if progress:
+                progress(base + n, total)
+
+        results = _collect_scope(ctx, scope, cost_type, oldest, on_back, back, fill_back=True)
+        done = base + len(back)
+        if results:
+            outcomes.append(_merge(watermark_scope(scope, cost_type), results))
     if progress:
         progress(total, total)
     return outcomes
+
+
+def plan_fill_back(ctx: JobContext, scope: str, cost_type: str, oldest: date) -> list[Slice]:
+    """Month slices between ``oldest`` and the first day of the collected stretch, newest
+    first (empty when the stretch reaches back far enough, or nothing was collected yet).
+
+    Not held back by the quota guard: these days were never pulled, and a backfill that asks
+    for them is a one-off (a slice costs the QPU of one month of data)."""
+    wm_scope = watermark_scope(scope, cost_type)
+    with ctx.engine.connect() as conn:
+        state = read_state(conn, wm_scope)
+        if state is None:
+            return []
+        low = coverage_start(conn, SOURCE, wm_scope, state.high_water)
+    if low is None:
+        return []
+    first = low.astimezone(UTC).date()
+    if first <= oldest:
+        return []
+    return list(reversed(month_slices(oldest, first - timedelta(days=1))))

@@ -280,6 +280,8 @@ def write_subscription(
 def run(ctx: JobContext) -> list[ScopeOutcome]:
     outcomes = []
     for subscription in ctx.settings.subscriptions:
+        if ctx.stopping():
+            break
         now = ctx.clock()
         outcomes.append(
             run_scope(

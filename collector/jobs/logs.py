@@ -56,7 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from collector import kql, rollups
 from collector.deployments import record_unlisted
 from collector.errors import describe_azure_error
-from collector.jobs.base import JobContext, ScopeOutcome
+from collector.jobs.base import JobContext, ScopeOutcome, coverage_start
 from collector.runs import get_watermark, set_watermark, start_run
 from models.db import upsert
 from models.tables import Deployment, Request, Resource
@@ -662,7 +662,7 @@ class WorkspaceJob:
                 error=error,
                 window=(self.start, self.end),
             )
-        if status == "partial":
+        if status in ("partial", "stopped"):
             log.warning(error)
         return ScopeOutcome(SOURCE, self.scope, status, self.tally.rows, calls, error)
 
@@ -687,6 +687,12 @@ class WorkspaceJob:
             )
         queue = deque(self._slices)
         while queue:
+            if self.ctx.stopping():
+                # between slices only: every slice before committed whole, with its watermark
+                return "stopped", (
+                    f"{SOURCE} on {self.scope}: stopped by a signal before "
+                    f"{queue[0].start.isoformat()}; the next run resumes from the watermark"
+                )
             piece = queue.popleft()
             answer = read_answer(
                 self._query(
@@ -779,10 +785,31 @@ def _start_for(
     if watermark is None:
         start = requested if requested is not None else earliest
     else:
+        # from the watermark even when it is older than ``requested``: skipping ahead would
+        # leave a gap inside what the store claims to have collected
         start = watermark - OVERLAP
-        if requested is not None:
-            start = max(start, requested)
     return max(start, earliest)
+
+
+def _fill_back(
+    ctx: JobContext, customer_id: str, resource_ids: list[int], wanted: datetime
+) -> list[WorkspaceJob]:
+    """Jobs for what lies between ``wanted`` and the start of the collected stretch, newest
+    first, one ``DIRECT_WINDOW`` each (one query, no count): each finished job moves the
+    stretch's start back, so a killed backfill resumes there (:func:`coverage_start`)."""
+    scope = scope_of(customer_id)
+    with ctx.engine.connect() as conn:
+        watermark = get_watermark(conn, SOURCE, scope)
+        low = coverage_start(conn, SOURCE, scope, watermark)
+    if low is None:
+        return []
+    jobs = []
+    end = low
+    while end > wanted:
+        begin = max(wanted, end - DIRECT_WINDOW)
+        jobs.append(WorkspaceJob(ctx, customer_id, resource_ids, begin, end))
+        end = begin
+    return jobs
 
 
 def run(ctx: JobContext) -> list[ScopeOutcome]:
@@ -791,6 +818,8 @@ def run(ctx: JobContext) -> list[ScopeOutcome]:
     earliest = now - timedelta(days=ctx.settings.retention_days)
     outcomes = []
     for customer_id, resource_ids in workspaces(ctx).items():
+        if ctx.stopping():
+            break
         start = _start_for(ctx, scope_of(customer_id), earliest, None)
         if start >= now:
             continue
@@ -813,8 +842,10 @@ def backfill(
     now = ctx.clock()
     earliest = now - timedelta(days=ctx.settings.retention_days)
     jobs = []
+    back: list[WorkspaceJob] = []
     for customer_id, resource_ids in workspaces(ctx).items():
         begin = _start_for(ctx, scope_of(customer_id), earliest, start)
+        back.extend(_fill_back(ctx, customer_id, resource_ids, max(start, earliest)))
         if begin < now:
             jobs.append(WorkspaceJob(ctx, customer_id, resource_ids, begin, now))
     for job in jobs:
@@ -835,4 +866,17 @@ def backfill(
     for job in jobs:
         job.on_rows = tick
         outcomes.append(job.execute())
+    failed: set[str] = set()
+    for job in back:  # newest first per workspace
+        if ctx.stopping():
+            break
+        if job.scope in failed:
+            continue
+        job.on_rows = tick
+        outcome = job.run()
+        outcomes.append(outcome)
+        if outcome.status != "ok":
+            # failed, or partial (held back): going further back would leave a hole in the
+            # stretch the run records describe; the next backfill retries from here
+            failed.add(job.scope)
     return outcomes

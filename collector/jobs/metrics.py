@@ -56,7 +56,7 @@ from sqlalchemy import Connection, select
 from collector import coarse_rollups
 from collector.azure import AzureClients
 from collector.deployments import record_unlisted
-from collector.jobs.base import JobContext, ScopeOutcome, Written, run_scope
+from collector.jobs.base import JobContext, ScopeOutcome, Written, coverage_start, run_scope
 from collector.runs import get_watermark, set_watermark
 from models.db import upsert
 from models.tables import Deployment, MetricPoint, Resource
@@ -609,7 +609,14 @@ def _collect(
     ctx: JobContext,
     default_start: Callable[[datetime], datetime],
     progress: Callable[[int, int], None] | None,
+    fill_back: bool = False,
 ) -> list[ScopeOutcome]:
+    """Each scope from its watermark (minus the overlap) to now, chunk by chunk.
+
+    ``fill_back`` (backfill): also fill what lies between ``default_start`` and the start of
+    the stretch already collected (:func:`coverage_start`), newest chunk first, so the covered
+    stretch stays one piece and a killed run resumes where it stopped.
+    """
     now = ctx.clock()
     end = window_end(now)
     with ctx.engine.connect() as conn:
@@ -618,7 +625,13 @@ def _collect(
         for scope in scopes:
             wm = get_watermark(conn, SOURCE, scope.scope)
             start = window_start(wm, default_start(now), now)
-            plans.append((scope, chunks(start, end, scope.chunk_length())))
+            length = scope.chunk_length()
+            plans.append((scope, chunks(start, end, length)))
+            if fill_back and wm is not None:
+                wanted = window_start(None, default_start(now), now)
+                low = coverage_start(conn, SOURCE, scope.scope, wm)
+                if low is not None and wanted < low:
+                    plans.append((scope, list(reversed(chunks(wanted, low, length)))))
     total = sum(len(c) for _s, c in plans)
     done = 0
     if progress:
@@ -626,6 +639,8 @@ def _collect(
     outcomes: list[ScopeOutcome] = []
     for scope, pieces in plans:
         for i, (c_start, c_end) in enumerate(pieces):
+            if ctx.stopping():  # between chunks only: the one before committed whole
+                return outcomes
 
             def write(conn: Connection, fetched: object, s: ScopeResources = scope) -> Written:
                 return write_chunk(conn, s, fetched, ctx.clock())  # type: ignore[arg-type]
@@ -641,7 +656,8 @@ def _collect(
             outcomes.append(outcome)
             done += 1
             if outcome.status == "failed":
-                # the watermark did not reach this chunk's end: later chunks would leave a gap
+                # the watermark did not reach this chunk's end (or, filling back, the covered
+                # stretch did not reach back to its start): later chunks would leave a gap
                 done += len(pieces) - i - 1
                 if progress:
                     progress(done, total)
@@ -661,5 +677,6 @@ def run(ctx: JobContext) -> list[ScopeOutcome]:
 def backfill(
     ctx: JobContext, start: datetime, progress: Callable[[int, int], None] | None = None
 ) -> list[ScopeOutcome]:
-    """Fill from ``start`` (or, where a watermark exists, from it: resumable) to now."""
-    return _collect(ctx, lambda _now: floor_minute(start), progress)
+    """Fill from ``start`` to now: forward from the watermarks (resumable), and back to
+    ``start`` where the collected stretch begins later (no gaps, nothing read twice)."""
+    return _collect(ctx, lambda _now: floor_minute(start), progress, fill_back=True)

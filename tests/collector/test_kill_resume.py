@@ -2,10 +2,9 @@
 uninterrupted backfill: no gaps, no duplicates (issue 5, "must be shown by tests").
 
 The collector runs as a real ``foundry-watch backfill`` subprocess, as a user runs it, against an
-emulator in this process whose clock is pinned, so every run sees the same world. The
-collector's own clock cannot be pinned from outside (see ``compared_from``), so the stores are
-compared over the window every run covers: from the latest possible backfill start to the
-pinned "now" (after which the world has no data at all).
+emulator in this process whose clock is pinned, so every run sees the same world; the
+collector's clock is pinned to the same instant (``FOUNDRY_WATCH_NOW``, see ``pinned_env``), so
+every run covers exactly the same window and the stores are compared whole, row for row.
 
 Kill points are progress-based (read from the store while the process runs), with a random
 jitter and one random point; the seed is printed on failure and ``KILL_SEED`` replays it. The
@@ -53,6 +52,7 @@ from models.tables import (
 from tests.conftest import PG_URL
 
 EXE = shutil.which("foundry-watch", path=str(Path(sys.executable).parent))
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAYS = 2
 #: Longest request the emulator generates is well under this; requests are compared from
 #: ``lo`` on, so one that started before a run's window but was logged inside it never counts.
@@ -109,6 +109,12 @@ def cli_env(server: EmulatorServer, database_url: str, **extra: str) -> dict[str
     env["COLUMNS"] = "200"  # rich: one line per table row, whatever the test runner's width
     env.update(extra)
     return env
+
+
+def pinned_env(server: EmulatorServer, database_url: str, **extra: str) -> dict[str, str]:
+    """``cli_env`` with the collector's "now" pinned to the emulator's (``FOUNDRY_WATCH_NOW``):
+    every run, killed or not, then backfills exactly the same window."""
+    return cli_env(server, database_url, FOUNDRY_WATCH_NOW=server.world.now().isoformat(), **extra)
 
 
 def migrated(url: str) -> str:
@@ -331,18 +337,6 @@ def assert_same_store(actual: dict[str, Any], expected: dict[str, Any], what: st
     )
 
 
-def compared_from(last_run_ended: datetime, days: int = DAYS) -> datetime:
-    """First minute every run covers.
-
-    Each process backfills from *its own* now − days (the product reads the wall clock; there
-    is no way to give it the pinned one), and a source that had no watermark when a run was
-    killed starts again from the restarted process's now − days. No process started later than
-    ``last_run_ended``, so from that − days (plus a margin for long requests) on, every run
-    covers everything.
-    """
-    return (last_run_ended - timedelta(days=days) + MARGIN).replace(second=0, microsecond=0)
-
-
 def no_duplicate_ids(engine: Engine) -> None:
     with engine.connect() as conn:
         total, distinct = conn.execute(
@@ -365,7 +359,9 @@ def reference(world_server: EmulatorServer, tmp_path_factory: pytest.TempPathFac
     """One uninterrupted backfill into SQLite: the store every interrupted run must equal."""
     tmp = tmp_path_factory.mktemp("reference")
     with fresh_store("sqlite", tmp) as url:
-        done = run_cli(["backfill", "--days", str(DAYS)], cli_env(world_server, url), tmp / "log")
+        done = run_cli(
+            ["backfill", "--days", str(DAYS)], pinned_env(world_server, url), tmp / "log"
+        )
         assert done.returncode == 0, done.output[-3000:]
         engine = make_engine(url)
         assert progress(engine).started["metrics"] > 2, "the reference run is too small to test"
@@ -419,7 +415,7 @@ def test_sigkilled_backfill_resumes_to_the_uninterrupted_store(
     args = ["backfill", "--days", str(DAYS)]
     with fresh_store(backend, tmp_path) as url:
         engine = make_engine(url)
-        env = cli_env(world_server, url)
+        env = pinned_env(world_server, url)
         try:
             for i, (name, when, jitter) in enumerate(points):
                 killed = run_and_kill(args, env, tmp_path / f"killed-{i}.log", engine, when, jitter)
@@ -428,20 +424,21 @@ def test_sigkilled_backfill_resumes_to_the_uninterrupted_store(
                     f"{killed.returncode} before its kill point:\n{killed.output[-2000:]}"
                 )
             final = run_cli(args, env, tmp_path / "final.log")
-            ended = datetime.now(UTC)
             assert final.returncode == 0, final.output[-3000:]
 
-            lo = compared_from(ended)
-            expected = snapshot(reference, lo)
+            # the whole store, not a shared tail: every run covered the same pinned window
+            expected = snapshot(reference, EPOCH)
             assert expected["requests"] and expected["metric_points"], "nothing to compare"
             assert expected["latency_rollups"] and expected["costs"], "nothing to compare"
-            # the reference is itself the ground truth: every request the world served there
-            hi = world_server.world.now() - MARGIN
+            # the reference is itself the ground truth: every request the world served in the
+            # window (but at its edges, where a request's start and its log time straddle it)
+            now = world_server.world.now()
+            lo, hi = now - timedelta(days=DAYS) + MARGIN, now - MARGIN
             truth = {r.correlation_id for r in world_server.world.requests(lo, hi)}
-            stored = {k for k, v in expected["requests"].items() if v["time"] < hi}
+            stored = {k for k, v in expected["requests"].items() if lo <= v["time"] < hi}
             assert stored == truth
 
-            actual = snapshot(engine, lo)
+            actual = snapshot(engine, EPOCH)
             assert_same_store(actual, expected, f"{backend}, kill seed {seed}")
             no_duplicate_ids(engine)
         finally:
