@@ -15,6 +15,11 @@ median of ``REPEATS`` runs, after one warm-up (the database's own page cache war
 server). Percentile error: the largest relative difference between the p50/p95/p99 the page
 shows per deployment and the exact nearest-rank percentile of the generated durations.
 Targets (DESIGN §7): ≤ 300 ms per page on PostgreSQL, ≤ 1 s on SQLite, percentiles within 1 %.
+
+``FW_BENCH_DASH_BASELINE=REV`` (a git revision, or a path to a ``queries.py``) also runs
+every page with that version of ``dashboard/queries.py`` (and the calls its views made),
+interleaved run by run with the current one in the same process, so a loaded machine slows
+both alike: the table then shows the baseline's ms and the ratio current / baseline.
 """
 
 from __future__ import annotations
@@ -79,6 +84,32 @@ BACKENDS = tuple(
     b.strip().lower()
     for b in os.environ.get("FW_BENCH_DASH_BACKENDS", "sqlite,postgresql").split(",")
 )
+BASELINE = os.environ.get("FW_BENCH_DASH_BASELINE", "")
+
+
+def _baseline_module() -> Any:
+    """``dashboard/queries.py`` as of ``BASELINE`` (git revision or file), imported apart."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = Path(BASELINE)
+    if not path.is_file():
+        source = subprocess.run(
+            ["git", "show", f"{BASELINE}:dashboard/queries.py"],
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        path = Path(tempfile.mkdtemp()) / "queries_baseline.py"
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location("fw_bench_queries_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while importing
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- data
@@ -403,10 +434,13 @@ def _costs_and_runs(engine: Engine, now: datetime, start_day: datetime) -> None:
 # --------------------------------------------------------------------------- pages
 
 
-def _page_calls(now: datetime, preset: str = "30 d") -> dict[str, list[tuple[str, tuple, dict]]]:
+def _page_calls(
+    now: datetime, preset: str = "30 d", mod: Any = q
+) -> dict[str, list[tuple[str, tuple, dict]]]:
     """The query calls each view makes for a time-range preset, all deployments selected.
 
-    Window and chart step come from the app's own ``dashboard.ui`` helpers.
+    Window and chart step come from the app's own ``dashboard.ui`` helpers. ``mod``: the
+    queries module (a baseline without ``overview_page`` gets the calls its Overview made).
     """
     from dashboard import ui
 
@@ -423,9 +457,15 @@ def _page_calls(now: datetime, preset: str = "30 d") -> dict[str, list[tuple[str
     hour = q.Window(end - timedelta(hours=1), end, True)
     return {
         "Overview": [
-            ("overview", (window, ids, "CAT"), {}),
-            ("kpis", (window.previous(), ids), {}),
-            ("overview_spend", (window, ids, now), {}),
+            *(
+                [("overview_page", (window, ids, "CAT", now), {})]
+                if hasattr(mod, "overview_page")
+                else [
+                    ("overview", (window, ids, "CAT"), {}),
+                    ("kpis", (window.previous(), ids), {}),
+                    ("overview_spend", (window, ids, now), {}),
+                ]
+            ),
             ("worst_now", (hour, ids), {}),
             ("request_counts", (window, ids), {"by_deployment": False, "step": step}),
         ],
@@ -467,7 +507,7 @@ def _page_calls(now: datetime, preset: str = "30 d") -> dict[str, list[tuple[str
 
 
 def _run_page(
-    engine: Engine, calls, sample: str
+    engine: Engine, calls, sample: str, mod: Any = q
 ) -> tuple[float, dict[str, Any], list[tuple[str, float]]]:
     """Page ms, each call's answer (the last call of a name wins) and each call's ms."""
     t0 = time.perf_counter()
@@ -475,12 +515,12 @@ def _run_page(
     per_call: list[tuple[str, float]] = []
     with engine.connect() as conn:
         t1 = time.perf_counter()
-        cat = q.catalogue(conn)
+        cat = mod.catalogue(conn)
         per_call.append(("catalogue", (time.perf_counter() - t1) * 1000))
         for name, args, kwargs in calls:
             args = tuple(cat if a == "CAT" else sample if a == "SAMPLE" else a for a in args)
             t1 = time.perf_counter()
-            out[name] = getattr(q, name)(conn, *args, **kwargs)
+            out[name] = getattr(mod, name)(conn, *args, **kwargs)
             step = kwargs.get("step")
             label = f"{name}({len(args[1]) if len(args) > 1 and isinstance(args[1], tuple) else ''}"
             label += f"{', step=' + str(step) if step else ''})"
@@ -662,6 +702,7 @@ def _bench(url: str, now: datetime, keep: Path | None) -> tuple[list[tuple], dic
     naive = _naive(engine, now) if gen.raw_rows and NAIVE else {}
     ro = readonly_engine(url)
     rows = []
+    baseline = _baseline_module() if BASELINE else None
     sample = gen.sample_ids[len(gen.sample_ids) // 2] if gen.sample_ids else "req_none00000000"
     from dashboard import ui
 
@@ -672,24 +713,32 @@ def _bench(url: str, now: datetime, keep: Path | None) -> tuple[list[tuple], dic
             exact = {dep: _exact(gen, dep) for dep in gen.durations}
         elif gen.raw_rows >= gen.requests:  # every request is a raw row: exact in any window
             exact = _exact_raw(engine, window)
+        base_calls = _page_calls(now, preset, baseline) if baseline is not None else {}
         for page, calls in _page_calls(now, preset).items():
             _run_page(ro, calls, sample)  # warm-up: database page cache, not Streamlit's
-            runs = []
-            for _ in range(REPEATS):
+            if baseline is not None:
+                _run_page(ro, base_calls[page], sample, baseline)
+            runs, base_runs = [], []
+            for _ in range(REPEATS):  # interleaved: both versions see the same machine load
+                if baseline is not None:
+                    gc.collect()
+                    base_runs.append(_run_page(ro, base_calls[page], sample, baseline)[0])
                 gc.collect()  # each run starts from the same heap, not a collector backlog
                 runs.append(_run_page(ro, calls, sample))
             runs.sort(key=lambda r: r[0])
             ms, out, per_call = runs[len(runs) // 2]
+            base_ms = sorted(base_runs)[len(base_runs) // 2] if base_runs else None
             slowest = max(per_call, key=lambda c: c[1])
             error = None
             if exact and page == "Overview":
-                error = _pct_error(exact, out["overview"][1])
+                table = out["overview_page"]["table"] if "overview_page" in out else None
+                error = _pct_error(exact, table if table is not None else out["overview"][1])
             elif exact and page == "Deployment" and 1 in exact:
                 with ro.connect() as conn:
                     overall = q.latency(conn, *calls[2][1], **calls[2][2])
                 error = max(abs(overall[f"p{p}"].iloc[0] - exact[1][p]) / exact[1][p] for p in PS)
             naive_ms = naive.get(page) if preset == "30 d" else None
-            rows.append((preset, page, ms, naive_ms, error, slowest))
+            rows.append((preset, page, ms, naive_ms, error, slowest, base_ms))
     ro.dispose()
     engine.dispose()
     return rows, {"timings": timings, "sizes": sizes, "requests": gen.requests, "raw": gen.raw_rows}
@@ -753,6 +802,7 @@ def main() -> Table:
         "range",
         "page",
         "queries ms",
+        *([f"baseline {BASELINE} ms", "ratio"] if BASELINE else []),
         "naive raw ms",
         "max pct error",
         "target",
@@ -765,17 +815,19 @@ def main() -> Table:
     )
     for backend, result in results.items():
         if isinstance(result, str):
-            table.add_row(backend, "", result, "", "", "", "", "")
+            table.add_row(backend, "", result, *[""] * (7 if BASELINE else 5))
             continue
         rows, _info = result
         limit = 300 if backend == "PostgreSQL" else 1000
-        for preset, page, ms, naive, error, slowest in rows:
+        for preset, page, ms, naive, error, slowest, base_ms in rows:
             ok = ms <= limit and (error is None or error <= 0.01)
+            base = [f"{base_ms:,.0f}", f"{ms / base_ms:.2f}"] if base_ms else ["–", "–"]
             table.add_row(
                 backend,
                 preset,
                 page,
                 f"{ms:,.0f}",
+                *(base if BASELINE else []),
                 f"{naive:,.0f}" if naive is not None else "–",
                 f"{100 * error:.2f} %" if error is not None else "–",
                 f"≤ {limit} ms, ≤ 1 % " + ("ok" if ok else "MISSED"),

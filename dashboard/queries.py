@@ -161,8 +161,11 @@ READ_COARSE = True
 def _epoch_bucket(conn: Connection, column: Any, step: int) -> Any:
     """SQL: start of the ``step``-second bucket of a timestamp, as epoch seconds."""
     if conn.dialect.name == "sqlite":
+        # Integer division in SQL ("/" of two integers): SQLAlchemy's Python "/" would render
+        # true division (x / (n + 0.0)) and leave every timestamp in a bucket of its own.
         epoch = cast(func.strftime("%s", column), Integer)
-        return (epoch / literal_column(str(int(step)))) * literal_column(str(int(step)))
+        size = literal_column(str(int(step)))
+        return epoch.op("/")(size) * size
     # date_part is double precision; EXTRACT is numeric since PostgreSQL 14, and numeric
     # floor/divide per row made a 24-hour minute read (100 k+ rows) spend most of its time
     # here. Epoch seconds (~1.8e9, microsecond fractions) are exact enough in a double: an
@@ -408,13 +411,17 @@ def status_totals(
         cols = [*group, func.sum(table.c.total), errors, throttled]
         rows: list[Any] = []
         for chunk in _chunks(ids):
-            query = select(*cols).where(
+            where = [
                 table.c.deployment_id.in_(chunk),
                 table.c.metric == REQUESTS,
                 *extra,
                 time_col >= lo,
                 time_col < hi,
-            )
+            ]
+            if top and len(segments) == 1 and group:
+                rows.extend(_top_failed(conn, where, group, cols, code, table.c.total, top))
+                continue
+            query = select(*cols).where(*where)
             if group:
                 query = query.group_by(*group)
             if top and len(segments) == 1:
@@ -456,6 +463,40 @@ def status_totals(
     return frame.reset_index(drop=True)
 
 
+def _top_failed(
+    conn: Connection,
+    where: list[Any],
+    group: list[Any],
+    cols: list[Any],
+    code: Any,
+    total: Any,
+    top: int,
+) -> list[Any]:
+    """``status_totals`` rows of the ``top`` groups with the most failed requests.
+
+    Ranked in two steps: the database ranks the groups by the sum over their failed rows
+    only (status 400–599, 429 included: errors + throttled), then totals the winners alone.
+    Ranking every (deployment, minute) of a day with all three sums hashed ~70 k groups of
+    ~110 k rows (spilling to disk); the failed rows alone are a third of that, in half the
+    time. Groups without a failed request are never among the rows kept, as before.
+    """
+    failed = func.sum(total)
+    ranked = conn.execute(
+        select(*group, failed)
+        .where(*where, code >= "400", code < "600")
+        .group_by(*group)
+        .having(failed > 0)
+        .order_by(failed.desc(), *group)
+        .limit(top)
+    ).all()
+    if not ranked:
+        return []
+    winners = {tuple(r[: len(group)]) for r in ranked}
+    narrowed = [g.in_(sorted({w[i] for w in winners})) for i, g in enumerate(group)]
+    rows = conn.execute(select(*cols).where(*where, *narrowed).group_by(*group)).all()
+    return [r for r in rows if tuple(r[: len(group)]) in winners]
+
+
 def status_class_of(code: Any) -> str:
     """Metric status codes are strings ('200', '429'); '' or junk is 'other'."""
     try:
@@ -484,10 +525,114 @@ def request_counts(
     step: int | None = None,
 ) -> pd.DataFrame:
     """``ModelRequests`` per [deployment] × [t] × status code, with its status/error class."""
-    frame = metric_sums(
+    totals = _metric_totals(
         conn, window, ids, [REQUESTS], by_deployment=by_deployment, by_status=True, step=step
     )
-    return _counts(frame)
+    if not totals:  # the empty frame (and dtypes) metric_sums gives, without a query
+        frame = metric_sums(conn, window, [], [REQUESTS], by_deployment=by_deployment, step=step)
+        return _counts(frame.assign(status_code=pd.Series(dtype=object)))
+    return _counts_frame(totals, by_deployment, step)
+
+
+def _metric_totals(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    metrics: Sequence[str],
+    *,
+    by_deployment: bool = True,
+    by_status: bool = False,
+    step: int | None = None,
+) -> dict[tuple, float]:
+    """{([deployment,] [t,] metric, [status code]): sum of ``total``}: ``metric_sums`` for
+    the callers that only need totals (counts and tokens), folded in a plain dict.
+
+    Why not ``metric_sums``: selecting only ``sum(total)`` keeps the rows the database groups
+    narrow (the 24-hour 5-minute chart groups 110 k minute rows: with every aggregate column
+    PostgreSQL sorted them on disk, with one it hashes them in memory), and a dict fold of a
+    few thousand rows costs a fraction of building, concatenating and regrouping frames.
+    ``t`` is the bucket start in epoch seconds. A group whose totals are all NULL is kept
+    with 0.0 (``metric_sums`` gives NaN there, which its callers read as 0).
+    """
+    out: dict[tuple, float] = {}
+    sqlite = conn.dialect.name == "sqlite"
+    tpos = 1 if by_deployment else 0
+    for grain, lo, hi in _segments(conn, window, step) if ids else []:
+        table, time_col, extra = _metric_source(grain)
+        as_text = bool(step) and GRAIN_SIZE[grain].total_seconds() == step
+        if not step:
+            tcol = []
+        elif as_text:  # as in metric_sums: group by the stored time, convert per group
+            tcol = [type_coerce(time_col, String) if sqlite else time_col]
+        else:
+            tcol = [_epoch_bucket(conn, time_col, step)]
+        group = [
+            *([table.c.deployment_id] if by_deployment else []),
+            *tcol,
+            table.c.metric,
+            *([table.c.status_code] if by_status else []),
+        ]
+        stamps: dict[Any, int] = {}
+        for chunk in _chunks(ids):
+            query = (
+                select(*group, func.sum(table.c.total))
+                .where(
+                    table.c.deployment_id.in_(chunk),
+                    table.c.metric.in_(list(metrics)),
+                    *extra,
+                    time_col >= lo,
+                    time_col < hi,
+                )
+                .group_by(*group)
+            )
+            for row in conn.execute(query).all():
+                key = list(row[:-1])
+                if as_text:
+                    raw = key[tpos]
+                    t = stamps.get(raw)
+                    if t is None:
+                        t = stamps[raw] = _epoch_of(raw)
+                    key[tpos] = t
+                elif step:
+                    key[tpos] = int(key[tpos])
+                k = tuple(key)
+                total = row[-1]
+                out[k] = out.get(k, 0.0) + (0.0 if total is None else float(total))
+    return out
+
+
+def _epoch_of(value: Any) -> int:
+    """A stored bucket time (PostgreSQL: aware datetime; SQLite: UTC text) as epoch seconds."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def _counts_frame(
+    totals: dict[tuple, float], by_deployment: bool, step: int | None
+) -> pd.DataFrame:
+    """``_metric_totals`` of ``ModelRequests`` (by status) → the ``request_counts`` frame."""
+    keys = [*(["deployment_id"] if by_deployment else []), *(["t"] if step else [])]
+    n = len(keys)
+    classes: dict[str, tuple[str, str | None]] = {}
+    rows = []
+    for k in sorted(totals):
+        if k[n] != REQUESTS:
+            continue
+        code = k[n + 1]
+        cls = classes.get(code)
+        if cls is None:
+            cls = classes[code] = (status_class_of(code), error_class_of(code))
+        rows.append((*k[:n], code, *cls, round(totals[k])))
+    frame = pd.DataFrame(
+        rows, columns=[*keys, "status_code", "status_class", "error_class", "requests"]
+    )
+    frame["requests"] = frame["requests"].astype("int64")
+    if step:
+        frame["t"] = pd.to_datetime(frame["t"].astype("int64"), unit="s", utc=True)
+    return frame
 
 
 def _counts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -708,21 +853,63 @@ def _latency_frame(
 
 def kpis(conn: Connection, window: Window, ids: Sequence[int]) -> dict[str, float | None]:
     """The Overview tiles for one window (call twice for the change vs the previous period)."""
-    frame = metric_sums(
+    totals = _metric_totals(
         conn, window, ids, [REQUESTS, *TOKEN_METRICS], by_deployment=False, by_status=True
     )
-    s = summarize_counts(_counts(frame), [])
     lat = latency(conn, window, ids, by_deployment=False)
-    tok = _token_totals(frame, [])
-    row = s.iloc[0] if not s.empty else None
-    tokens = tok.iloc[0] if not tok.empty else None
+    tiles = _tiles(_fold_totals(totals, by_deployment=False).get((), _EMPTY_FOLD))
+    tiles["p95_ms"] = _num(lat["p95"].iloc[0]) if not lat.empty else None
+    return tiles
+
+
+#: ``_fold_totals`` of a key with no metric rows at all.
+_EMPTY_FOLD = (0, 0, 0, 0, 0, False)
+
+
+def _fold_totals(
+    totals: dict[tuple, float], *, by_deployment: bool
+) -> dict[tuple, tuple[int, int, int, int, int, bool]]:
+    """``_metric_totals`` (by status) → per [deployment]: (requests, errors, throttled,
+    tokens in, tokens out, has request rows), rounded as ``_counts``/``_token_totals`` round
+    (each status code's request count, each token kind's total over its status codes)."""
+    n = 1 if by_deployment else 0
+    tokens: dict[tuple, float] = {}
+    out: dict[tuple, list[Any]] = {}
+    for k, total in totals.items():
+        key, metric, code = k[:n], k[n], k[n + 1]
+        if metric == REQUESTS:
+            a = out.get(key)
+            if a is None:
+                a = out[key] = [0, 0, 0, 0, 0, True]
+            c = round(total)
+            a[0] += c
+            cls = status_class_of(code)
+            if cls in ("4xx", "5xx"):
+                a[1] += c
+            elif cls == "429":
+                a[2] += c
+        elif metric in ("InputTokens", "OutputTokens"):
+            tk = (*key, metric)
+            tokens[tk] = tokens.get(tk, 0.0) + total
+    for tk, total in tokens.items():
+        a = out.get(tk[:-1])
+        if a is None:
+            a = out[tk[:-1]] = [0, 0, 0, 0, 0, False]
+        a[3 if tk[-1] == "InputTokens" else 4] += round(total)
+    return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
+
+
+def _tiles(fold: tuple[int, int, int, int, int, bool]) -> dict[str, float | None]:
+    """KPI tiles (without p95) from one ``_fold_totals`` value, as ``summarize_counts`` does."""
+    requests, errors, throttled, tin, tout, has_rows = fold
+    share = has_rows and requests > 0
     return {
-        "requests": float(row["requests"]) if row is not None else 0.0,
-        "error_pct": _num(row["error_pct"]) if row is not None else None,
-        "throttled_pct": _num(row["throttled_pct"]) if row is not None else None,
-        "p95_ms": _num(lat["p95"].iloc[0]) if not lat.empty else None,
-        "tokens_in": float(tokens["tokens_in"]) if tokens is not None else 0.0,
-        "tokens_out": float(tokens["tokens_out"]) if tokens is not None else 0.0,
+        "requests": float(requests),
+        "error_pct": 100 * errors / requests if share else None,
+        "throttled_pct": 100 * throttled / requests if share else None,
+        "p95_ms": None,
+        "tokens_in": float(tin),
+        "tokens_out": float(tout),
     }
 
 
@@ -742,41 +929,90 @@ def overview(
     says which), so a store fed only by logs still shows traffic. The tiles' p95 merges the
     same per-deployment histograms.
     """
-    frame = metric_sums(
-        conn, window, ids, [REQUESTS, "InputTokens", "OutputTokens"], by_status=True
-    )
-    counts = _counts(frame)
+    totals = _metric_totals(conn, window, ids, [REQUESTS, *TOKEN_METRICS], by_status=True)
+    return _overview(conn, window, ids, cat, totals)
+
+
+def _overview(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    cat: pd.DataFrame,
+    totals: dict[tuple, float],
+) -> tuple[dict[str, float | None], pd.DataFrame]:
+    """``overview`` from the window's ``_metric_totals`` (per deployment, by status), which
+    ``overview_page`` shares with the spend estimate. Plain dicts, one frame built at the end:
+    merging five small frames cost more than reading the rows."""
+    per = _fold_totals(totals, by_deployment=True)
     acc = _latency_acc(conn, window, ids, STATUS_CLASSES, ("2xx",), True, None)
-    lat = _latency_frame(acc, ["deployment_id"], (50, 95, 99), None)
-    tok = _token_totals(frame, ["deployment_id"])
+    lat: dict[int, tuple] = {}
+    merged_all = []  # each deployment's histogram merged once, for its row and the tile
+    for (dep,), a in acc.items():
+        merged = _merged(a[4])
+        merged_all.append(merged)
+        p = dense.percentiles(merged, (50, 95, 99))
+        lat[dep] = (a[0], p[50], p[95], p[99])
     base = cat[cat["deployment_id"].isin(ids)][
         ["deployment_id", "label", "deployment", "resource", "model"]
     ]
-    out = base.merge(summarize_counts(counts, ["deployment_id"]), on="deployment_id", how="left")
-    lat = lat.rename(columns={"count": "logged"})[["deployment_id", "logged", "p50", "p95", "p99"]]
-    out = out.merge(lat, on="deployment_id", how="left")
-    out = out.merge(
-        tok[["deployment_id", "tokens_in", "tokens_out"]], on="deployment_id", how="left"
-    )
-    for col in ("requests", "errors", "throttled", "logged", "tokens_in", "tokens_out"):
-        out[col] = out[col].fillna(0).astype("int64")
-    from_logs = (out["requests"] == 0) & (out["logged"] > 0)
-    out.loc[from_logs, "requests"] = out.loc[from_logs, "logged"]
-    out["source"] = "metrics"
-    out.loc[from_logs, "source"] = "logs"
-    out.loc[(out["requests"] == 0), "source"] = "no data"
-    table = out.sort_values(["requests", "label"], ascending=[False, True]).reset_index(drop=True)
-    total = summarize_counts(counts, [])
-    row = total.iloc[0] if not total.empty else None
-    overall = dense.percentiles(dense.merge(_merged(a[4]) for a in acc.values()), (95,))[95]
-    tiles = {
-        "requests": float(row["requests"]) if row is not None else 0.0,
-        "error_pct": _num(row["error_pct"]) if row is not None else None,
-        "throttled_pct": _num(row["throttled_pct"]) if row is not None else None,
-        "p95_ms": overall,
-        "tokens_in": float(tok["tokens_in"].sum()) if not tok.empty else 0.0,
-        "tokens_out": float(tok["tokens_out"].sum()) if not tok.empty else 0.0,
+    nan = float("nan")
+    cols: dict[str, list[Any]] = {
+        c: []
+        for c in (
+            "requests",
+            "errors",
+            "throttled",
+            "error_pct",
+            "throttled_pct",
+            "logged",
+            "p50",
+            "p95",
+            "p99",
+            "tokens_in",
+            "tokens_out",
+            "source",
+        )
     }
+    for dep in base["deployment_id"].tolist():
+        requests, errors, throttled, tin, tout, has_rows = per.get((dep,), _EMPTY_FOLD)
+        logged, p50, p95, p99 = lat.get(dep, (0, nan, nan, nan))
+        share = has_rows and requests > 0
+        cols["error_pct"].append(100 * errors / requests if share else nan)
+        cols["throttled_pct"].append(100 * throttled / requests if share else nan)
+        if requests == 0 and logged > 0:
+            requests, source = logged, "logs"
+        else:
+            source = "metrics" if requests else "no data"
+        for c, v in (
+            ("requests", requests),
+            ("errors", errors),
+            ("throttled", throttled),
+            ("logged", logged),
+            ("p50", p50),
+            ("p95", p95),
+            ("p99", p99),
+            ("tokens_in", tin),
+            ("tokens_out", tout),
+            ("source", source),
+        ):
+            cols[c].append(v)
+    out = base.reset_index(drop=True)
+    for c, values in cols.items():
+        if c in ("requests", "errors", "throttled", "logged", "tokens_in", "tokens_out"):
+            out[c] = pd.Series(values, dtype="int64")
+        elif c == "source":
+            out[c] = pd.Series(values)
+        else:
+            out[c] = pd.Series(values, dtype="float64")
+    # Frame-built tables had these columns as objects when no row had a value (kept so).
+    if not any(v[5] for v in per.values()):
+        out[["error_pct", "throttled_pct"]] = out[["error_pct", "throttled_pct"]].astype(object)
+    if not lat:
+        out[["p50", "p95", "p99"]] = out[["p50", "p95", "p99"]].astype(object)
+    table = out.sort_values(["requests", "label"], ascending=[False, True]).reset_index(drop=True)
+    sums = [sum(x) for x in zip(*per.values(), strict=True)] if per else list(_EMPTY_FOLD)
+    tiles = _tiles((*sums[:5], any(v[5] for v in per.values())))  # type: ignore[arg-type]
+    tiles["p95_ms"] = dense.percentiles(dense.merge(merged_all), (95,))[95]
     return tiles, table
 
 
@@ -1308,14 +1544,39 @@ def with_labels(frame: pd.DataFrame, cat: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def overview_page(
+    conn: Connection, window: Window, ids: Sequence[int], cat: pd.DataFrame, now: datetime
+) -> dict[str, Any]:
+    """Everything the Overview page reads, on one connection: ``overview`` (``tiles``,
+    ``table``), ``kpis`` of the previous period (``previous``) and ``overview_spend``
+    (``money``). The window's request and token totals are read once and shared: the
+    table's tokens and the spend estimate of a window that is not whole days are the same
+    rows, and reading them twice was a fifth of the page."""
+    totals = _metric_totals(conn, window, ids, [REQUESTS, *TOKEN_METRICS], by_status=True)
+    tiles, table = _overview(conn, window, ids, cat, totals)
+    return {
+        "tiles": tiles,
+        "table": table,
+        "previous": kpis(conn, window.previous(), ids),
+        "money": overview_spend(conn, window, ids, now, token_totals=totals),
+    }
+
+
 def overview_spend(
-    conn: Connection, window: Window, ids: Sequence[int], now: datetime
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    now: datetime,
+    *,
+    token_totals: dict[tuple, float] | None = None,
 ) -> dict[str, Any]:
     """Spend for the Overview from one read: month to date of the selection, per deployment
     the estimated cost of the window's tokens and the billed cost of the UTC days it touches,
     and the status of the budgets that cover everything (scope ``all``).
 
-    Returns ``{"mtd", "currency", "per_deployment", "budgets"}``.
+    ``token_totals``: the window's ``_metric_totals`` per deployment (by status or not) when
+    the caller has read them already (``overview_page``). Returns ``{"mtd", "currency",
+    "per_deployment", "budgets"}``.
     """
     today = now.date()
     first = window.start.date()
@@ -1338,7 +1599,7 @@ def overview_spend(
             {"deployment_id": [int(i) for i in ids], "estimated": [est.get(i) for i in ids]}
         )
     else:
-        frame = _window_estimate(conn, window, ids)
+        frame = _window_estimate(conn, window, ids, token_totals)
     billed = (
         in_window.dropna(subset=["deployment_id"])
         .groupby("deployment_id", as_index=False)["billed"]
@@ -1363,15 +1624,29 @@ def _prices(conn: Connection) -> dict[str, SimpleNamespace]:
     }
 
 
-def _window_estimate(conn: Connection, window: Window, ids: Sequence[int]) -> pd.DataFrame:
-    """Estimated cost of the window's own tokens per deployment (tokens × price)."""
-    tok = metric_sums(conn, window, ids, list(TOKEN_METRICS))
+def _window_estimate(
+    conn: Connection,
+    window: Window,
+    ids: Sequence[int],
+    totals: dict[tuple, float] | None = None,
+) -> pd.DataFrame:
+    """Estimated cost of the window's own tokens per deployment (tokens × price).
+
+    ``totals``: ``_metric_totals`` per deployment of the window (by status or not), if read.
+    """
+    if totals is None:
+        totals = _metric_totals(conn, window, ids, list(TOKEN_METRICS))
+    per_metric: dict[tuple[int, str], float] = {}
+    for key, total in totals.items():  # (dep, metric[, status code]): sum over status codes
+        if key[1] in TOKEN_METRICS:
+            k = (int(key[0]), key[1])
+            per_metric[k] = per_metric.get(k, 0.0) + total
     models = dict(conn.execute(select(Deployment.id, Deployment.model_name)).all())
     prices = _prices(conn)
     per: dict[int, dict[str, int]] = defaultdict(dict)
-    for dep_id, metric, total in tok[["deployment_id", "metric", "total"]].itertuples(index=False):
+    for (dep_id, metric), total in per_metric.items():
         kind = spend.TOKEN_METRICS[metric.lower()]
-        per[int(dep_id)][kind] = per[int(dep_id)].get(kind, 0) + round(float(total or 0))
+        per[dep_id][kind] = per[dep_id].get(kind, 0) + round(total)
     rows = []
     for dep_id in ids:
         price = prices.get(spend.normalize_model(models.get(dep_id, "")))

@@ -21,13 +21,20 @@ if ui.no_deployments(view):
     st.stop()
 
 cat = ui.catalogue(view)
-now_k, table = ui.query(view.url, "overview", view.window, view.ids, cat)
-prev_k = ui.query(view.url, "kpis", view.window.previous(), view.ids)
+# One read for tiles, table, previous period and spend: the window's counts and tokens serve
+# the table and the spend estimate alike (queries.overview_page).
+page = ui.query(
+    view.url,
+    "overview_page",
+    view.window,
+    view.ids,
+    cat,
+    view.now.replace(second=0, microsecond=0),
+)
+now_k, table, prev_k = page["tiles"], page["table"], page["previous"]
 
 # Spend month to date (UTC month) of the selection, against the budget that covers everything.
-money = ui.query(
-    view.url, "overview_spend", view.window, view.ids, view.now.replace(second=0, microsecond=0)
-)
+money = page["money"]
 mtd, currency = money["mtd"], money["currency"]
 budget_text = None
 if not money["budgets"].empty and not view.filtered:

@@ -60,6 +60,7 @@ def test_pg_readonly_role_can_read_and_never_write(pg_schema_url: str) -> None:
         with reader.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM deployments")).scalar_one() == 0
             assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
+            assert conn.execute(text("SHOW jit")).scalar_one() == "off"
         plain = create_engine(url.render_as_string(hide_password=False))
         with (
             plain.connect() as conn,

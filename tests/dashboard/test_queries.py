@@ -179,3 +179,22 @@ def test_empty_store_gives_empty_frames(engine: Engine) -> None:
         assert q.last_runs(conn).empty
         assert (q.freshness(conn, now, {"metrics": 60})["state"] == "never").all()
     assert Decimal(0) == Decimal(0)
+
+
+@pytest.mark.parametrize("step", [300, 3600])
+def test_chart_buckets_hold_the_requests_of_their_step(world_engine, step: int) -> None:
+    """Each chart bucket starts on a multiple of the step and counts exactly its requests."""
+    world, engine = world_engine
+    end = world.now + timedelta(minutes=1)
+    start = q.coarse.floor_to(end - timedelta(hours=24), timedelta(seconds=step))
+    ids = [d["id"] for d in world.deployments]
+    with readonly_engine(engine.url.render_as_string(False)).connect() as conn:
+        frame = q.request_counts(
+            conn, q.Window(start, end, open_end=True), ids, by_deployment=False, step=step
+        )
+    shown = frame.groupby("t")["requests"].sum()
+    truth: dict[datetime, int] = {}
+    for r in world.in_window(start, end):
+        t = q.coarse.floor_to(r.time, timedelta(seconds=step))
+        truth[t] = truth.get(t, 0) + 1
+    assert {t.to_pydatetime(): int(n) for t, n in shown.items() if n} == truth
