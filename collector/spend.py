@@ -187,7 +187,8 @@ def _prices(conn: Connection) -> dict[str, Any]:
     return {normalize_model(p.model_name): p for p in conn.execute(select(Price)).all()}
 
 
-def _deployments(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
+def deployment_facts(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
+    """Name, model and resource facts of these deployments (what a spend row names)."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}
@@ -248,7 +249,7 @@ def estimated_spend(
         kind = TOKEN_METRICS[r.metric]
         counts = per[(r.deployment_id, _as_date(r.day))]
         counts[kind] = counts.get(kind, 0) + _tokens(r.total)
-    deps = _deployments(conn, (dep_id for dep_id, _d in per))
+    deps = deployment_facts(conn, (dep_id for dep_id, _d in per))
     return price_token_counts(per, deps, _prices(conn), input_includes_cache=input_includes_cache)
 
 

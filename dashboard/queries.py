@@ -1113,19 +1113,7 @@ def estimated_spend(
     totals = _daily_totals(conn, _day_bounds(first, last), ids, list(TOKEN_METRICS))
     if not totals:
         return []
-    deps = {
-        r.id: r
-        for r in conn.execute(
-            select(
-                Deployment.id,
-                Deployment.name,
-                Deployment.model_name,
-                Resource.arm_id,
-                Resource.subscription_id,
-                Resource.resource_group,
-            ).join(Resource, Resource.id == Deployment.resource_id)
-        )
-    }
+    deps = spend.deployment_facts(conn, (dep_id for dep_id, _day, _metric in totals))
     prices = _prices(conn)
     per: dict[tuple[int, date], dict[str, int]] = defaultdict(dict)
     for (dep_id, day, metric), total in totals.items():
