@@ -52,8 +52,9 @@ def top_n_labels(frame: pd.DataFrame, value: str, n: int = TOP_N) -> pd.DataFram
     """Keep the ``n`` largest labels by total ``value``; fold the rest into "others"."""
     if frame.empty or frame["label"].nunique() <= n:
         return frame
-    top = frame.groupby("label")[value].sum().nlargest(n).index
     out = frame.copy()
+    out[value] = pd.to_numeric(out[value], errors="coerce").astype(float)  # Decimal money too
+    top = out.groupby("label")[value].sum().nlargest(n).index
     out.loc[~out["label"].isin(top), "label"] = OTHERS
     keys = [c for c in out.columns if c not in (value,) and out[c].dtype == object]
     keys = [c for c in ("t", "day", "label") if c in out.columns] or keys

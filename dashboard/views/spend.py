@@ -124,6 +124,8 @@ if not unattributed.empty:
         "store that day, so it cannot be split across deployments."
     )
 chart = labelled[["day", "label", "spend", "basis"]].copy()
+# Money arrives as Decimal (exact in tables); charts and ranking want plain floats.
+chart["spend"] = pd.to_numeric(chart["spend"], errors="coerce").astype(float)
 if chart["label"].nunique() > figures.TOP_N:
     top = chart.groupby("label")["spend"].sum().nlargest(figures.TOP_N).index
     chart.loc[~chart["label"].isin(top), "label"] = figures.OTHERS
