@@ -60,7 +60,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from itertools import filterfalse, islice
+from itertools import chain, filterfalse, islice
 from typing import Any
 
 __all__ = ["Spool", "flush", "instrument", "spool_stats", "transport"]
@@ -145,9 +145,8 @@ def _encode(record: dict[str, Any]) -> str:
 
 
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-_LOWER_VALUE = operator.itemgetter(1, 2)
-_LOWER = operator.itemgetter(1)
 _WEIGHT = operator.itemgetter(1)
+_LOWER = operator.itemgetter(1)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -302,6 +301,7 @@ class Spool:
                 try:
                     line = None
                     if type(record) is tuple:  # an attempt's facts
+                        record = _settle(record)
                         try:
                             line = _line(record, logged)  # a stream's usual shape
                         except Exception:
@@ -533,7 +533,6 @@ class _Attempt:
             elif len(tail_bytes) > _TAIL_KEEP:
                 tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
             headers = self.headers
-            mapped = _header_map(headers) if headers is not None else None
             facts = (
                 self.wall,
                 self.t0,
@@ -551,11 +550,7 @@ class _Attempt:
                 tail_bytes,
                 cut,
                 self.sse,
-                None if headers is None else _header(headers, mapped, b"request-id"),
-                None if headers is None else _header(headers, mapped, b"apim-request-id"),
-                None if headers is None else _header(headers, mapped, b"x-ms-region"),
-                None if headers is None else _header(headers, mapped, b"retry-after"),
-                None if headers is None else _header(headers, mapped, b"content-type"),
+                None if headers is None else _entries(headers),
             )
             weight = len(head_bytes) + len(tail_bytes) + (len(body) if body else 0)
             self.spool.put(facts, weight)
@@ -796,28 +791,57 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
     return out or None
 
 
-def _header_map(headers: Any) -> dict[bytes, bytes] | None:
-    """All headers as ``{lowercased name: value}`` built in C (the first of duplicates wins);
-    None when ``headers`` is not an httpx/httpx2 ``Headers`` with its ``(raw, lower, value)``
-    list."""
+def _entries(headers: Any) -> tuple[bytes, ...]:
+    """A snapshot of ``headers`` as one flat tuple ``(raw name, lowercased name, value, …)`` of
+    bytes, taken on the request path by C-level copies of httpx/httpx2's own list (flat, so the
+    garbage collector stops tracking it at its first look, and the record's tuple at the next);
+    the writer picks the few names it wants out of it (:func:`_settle`)."""
     entries = getattr(headers, "_list", None)
-    if isinstance(entries, list) and (not entries or len(entries[0]) == 3):
-        return dict(map(_LOWER_VALUE, reversed(entries)))
-    return None
+    if type(entries) is list and (not entries or len(entries[0]) == 3):
+        return tuple(chain.from_iterable(entries))
+    try:  # any other mapping of str to str
+        return tuple(
+            part
+            for name, value in headers.items()
+            for part in (
+                name.encode("latin-1"),
+                name.lower().encode("latin-1"),
+                value.encode("latin-1"),
+            )
+        )
+    except Exception:
+        return ()
 
 
-def _header(headers: Any, mapped: dict[bytes, bytes] | None, name: bytes) -> str | None:
-    if mapped is not None:
-        value = mapped.get(name)
-        return None if value is None else value.decode("latin-1")
-    value = headers.get(name.decode())
-    return value if isinstance(value, str) else None
+def _wanted(entries: tuple[bytes, ...], names: tuple[bytes, ...]) -> list[str | None]:
+    """The first value of each of ``names`` (lowercase) in a snapshot, as text."""
+    # name -> value built in C, from the end backwards so that the first of duplicates wins
+    found = dict(zip(entries[-2::-3], entries[::-3], strict=True))
+    return [None if (v := found.get(n)) is None else v.decode("latin-1") for n in names]
+
+
+_RESPONSE_NAMES = (
+    b"request-id",
+    b"apim-request-id",
+    b"x-ms-region",
+    b"retry-after",
+    b"content-type",
+)
+
+
+def _settle(raw: tuple) -> tuple:
+    """The facts of an attempt as :func:`_finalize` and :func:`_line` read them, from what
+    :meth:`_Attempt._finish` left on the request path (the response headers' snapshot instead
+    of their values: picking the five names out is the writer's work, not the application's)."""
+    response_headers = raw[-1]
+    values = [None] * 5 if response_headers is None else _wanted(response_headers, _RESPONSE_NAMES)
+    return (*raw[:-1], *values)
 
 
 def _retry_count(headers: Any) -> str | None:
     """The SDK's ``x-stainless-retry-count`` (a list search in C: one header of ~20 wanted)."""
     entries = getattr(headers, "_list", None)
-    if isinstance(entries, list) and (not entries or len(entries[0]) == 3):
+    if type(entries) is list and (not entries or len(entries[0]) == 3):
         try:
             index = list(map(_LOWER, entries)).index(b"x-stainless-retry-count")
         except ValueError:

@@ -4,6 +4,7 @@ the spool's promises (bounded, rotated, never in the application's way) and the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -501,17 +502,27 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
+def _atoms(value: object) -> bool:
+    if type(value) is tuple:  # a header snapshot: bytes only, no nesting
+        return all(type(part) is bytes for part in value)
+    return isinstance(value, (str, bytes, int, float, type(None)))
+
+
 def test_queued_attempts_hold_no_objects(tmp_path: Path) -> None:
-    """What waits for the writer is one flat tuple of atoms (no headers, URL or request objects
-    kept alive, nothing for the garbage collector to trace), and no prompt beyond the body
-    bytes that the writer reads only for ``model``."""
+    """What waits for the writer is one tuple of atoms and header snapshots that are flat tuples
+    of bytes (no headers, URL or request objects kept alive; nothing for the garbage collector
+    to trace after its second look), and no prompt beyond the body bytes that the writer reads
+    only for ``model``."""
     path = tmp_path / "flat.jsonl"
     spool = _held_back(path)
     http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
     http.post("https://r.services.ai.azure.com/anthropic/v1/messages", json={"model": "m"})
     ((facts, weight),) = spool._buffer
     assert type(facts) is tuple
-    assert all(isinstance(x, (str, bytes, int, float, type(None))) for x in facts)
+    assert all(_atoms(x) for x in facts)
+    gc.collect()
+    gc.collect()  # the snapshots are untracked at the first pass, the tuple holding them next
+    assert not gc.is_tracked(facts)
     assert weight == spool._held > 0
     _release(spool)
     (rec,) = records(path)
