@@ -61,7 +61,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import chain, filterfalse, islice
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Spool", "flush", "instrument", "spool_stats", "transport"]
 
@@ -829,13 +829,39 @@ _RESPONSE_NAMES = (
 )
 
 
-def _settle(raw: tuple) -> tuple:
+class _Facts(NamedTuple):
+    """One attempt as the writer reads it (times are ``perf_counter`` values but ``wall``)."""
+
+    wall: float
+    t0: float
+    t_head: float
+    ttft: float
+    t_end: float
+    status: int | None
+    complete: bool
+    error: str
+    resource: str
+    retry: str | None
+    body: bytes | None
+    model: str | None
+    head: bytes
+    tail: bytes
+    cut: bool
+    sse: bool
+    request_id: str | None
+    apim_request_id: str | None
+    region: str | None
+    retry_after: str | None
+    content_type: str | None
+
+
+def _settle(raw: tuple) -> _Facts:
     """The facts of an attempt as :func:`_finalize` and :func:`_line` read them, from what
     :meth:`_Attempt._finish` left on the request path (the response headers' snapshot instead
     of their values: picking the five names out is the writer's work, not the application's)."""
     response_headers = raw[-1]
     values = [None] * 5 if response_headers is None else _wanted(response_headers, _RESPONSE_NAMES)
-    return (*raw[:-1], *values)
+    return _Facts(*raw[:-1], *values)
 
 
 def _retry_count(headers: Any) -> str | None:
@@ -851,62 +877,39 @@ def _retry_count(headers: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _finalize(facts: tuple) -> dict[str, Any]:
+def _finalize(f: _Facts) -> dict[str, Any]:
     """The record of one attempt, from the tuple the application thread left (writer thread)."""
-    (
-        wall,
-        t0,
-        t_head,
-        ttft,
-        t_end,
-        status,
-        complete,
-        error,
-        resource,
-        retry,
-        body,
-        model,
-        head,
-        tail,
-        cut,
-        sse,
-        request_id,
-        apim_request_id,
-        region,
-        retry_after,
-        content_type,
-    ) = facts
     record: dict[str, Any] = {
         "v": VERSION,
-        "time": _iso(wall),
+        "time": _iso(f.wall),
         "deployment": "",
-        "status": status,
-        "resource": resource,
-        "request_id": request_id or "",
-        "apim_request_id": apim_request_id or "",
+        "status": f.status,
+        "resource": f.resource,
+        "request_id": f.request_id or "",
+        "apim_request_id": f.apim_request_id or "",
     }
-    if t_head:
-        record["ttfb_ms"] = round((t_head - t0) * 1000, 3)
-    if ttft:
-        record["ttft_ms"] = round((ttft - t0) * 1000, 3)
-    record["latency_ms"] = round((t_end - t0) * 1000, 3)
-    record["complete"] = complete
-    if error:
-        record["error"] = error
-    if retry and retry.isascii() and retry.isdigit():
-        record["attempt"] = int(retry)
-    if region is not None:
-        record["region"] = region
-    if retry_after is not None:
-        record["retry_after"] = retry_after[:32]
-    if content_type:
-        if "text/event-stream" in content_type:
+    if f.t_head:
+        record["ttfb_ms"] = round((f.t_head - f.t0) * 1000, 3)
+    if f.ttft:
+        record["ttft_ms"] = round((f.ttft - f.t0) * 1000, 3)
+    record["latency_ms"] = round((f.t_end - f.t0) * 1000, 3)
+    record["complete"] = f.complete
+    if f.error:
+        record["error"] = f.error
+    if f.retry and f.retry.isascii() and f.retry.isdigit():
+        record["attempt"] = int(f.retry)
+    if f.region is not None:
+        record["region"] = f.region
+    if f.retry_after is not None:
+        record["retry_after"] = f.retry_after[:32]
+    if f.content_type:
+        if "text/event-stream" in f.content_type:
             record["stream"] = True
-        elif "json" in content_type:
+        elif "json" in f.content_type:
             record["stream"] = False
     try:
-        record["deployment"] = model if model is not None else _model_of(body)
-        _read_body(record, head, tail, cut, sse)
+        record["deployment"] = f.model if f.model is not None else _model_of(f.body)
+        _read_body(record, f.head, f.tail, f.cut, f.sse)
     except Exception:  # a record with fewer facts beats no record
         pass
     return record
@@ -923,64 +926,41 @@ _START_LINE = b'data: {"type":"message_start",'
 _DELTA_LINE = b'data: {"type":"message_delta",'
 
 
-def _line(facts: tuple, logged: str) -> str | None:
+def _line(f: _Facts, logged: str) -> str | None:
     """The JSON line of a streamed attempt's facts (what ``_encode(_finalize(facts))`` with
     ``logged`` writes), or None when it is not the usual shape (then the general path runs)."""
-    (
-        wall,
-        t0,
-        t_head,
-        ttft,
-        t_end,
-        status,
-        complete,
-        error,
-        resource,
-        retry,
-        body,
-        model,
-        head,
-        tail,
-        cut,
-        sse,
-        request_id,
-        apim_request_id,
-        region,
-        retry_after,
-        content_type,
-    ) = facts
-    if not sse or type(status) is not int or type(complete) is not bool:
+    if not f.sse or type(f.status) is not int or type(f.complete) is not bool:
         return None
-    usage = _sse_usage(head, tail, cut)
+    usage = _sse_usage(f.head, f.tail, f.cut)
     if usage is None:
         return None
     pairs, found = usage
     line = (
-        f'{{"v":{VERSION},"time":"{_iso(wall)}","deployment":'
-        f"{_ESC(model if model is not None else _model_of(body))},"
-        f'"status":{status},"resource":{_ESC(resource)},'
-        f'"request_id":{_ESC(request_id or "")},'
-        f'"apim_request_id":{_ESC(apim_request_id or "")}'
+        f'{{"v":{VERSION},"time":"{_iso(f.wall)}","deployment":'
+        f"{_ESC(f.model if f.model is not None else _model_of(f.body))},"
+        f'"status":{f.status},"resource":{_ESC(f.resource)},'
+        f'"request_id":{_ESC(f.request_id or "")},'
+        f'"apim_request_id":{_ESC(f.apim_request_id or "")}'
     )
-    if t_head:
-        line += f',"ttfb_ms":{round((t_head - t0) * 1000, 3)!r}'
-    if ttft:
-        line += f',"ttft_ms":{round((ttft - t0) * 1000, 3)!r}'
-    line += f',"latency_ms":{round((t_end - t0) * 1000, 3)!r},"complete":' + (
-        "true" if complete else "false"
+    if f.t_head:
+        line += f',"ttfb_ms":{round((f.t_head - f.t0) * 1000, 3)!r}'
+    if f.ttft:
+        line += f',"ttft_ms":{round((f.ttft - f.t0) * 1000, 3)!r}'
+    line += f',"latency_ms":{round((f.t_end - f.t0) * 1000, 3)!r},"complete":' + (
+        "true" if f.complete else "false"
     )
-    if error:
-        line += f',"error":{_ESC(error)}'
-    if retry and retry.isascii() and retry.isdigit():
-        line += f',"attempt":{int(retry)}'
-    if region is not None:
-        line += f',"region":{_ESC(region)}'
-    if retry_after is not None:
-        line += f',"retry_after":{_ESC(retry_after[:32])}'
-    if content_type:
-        if "text/event-stream" in content_type:
+    if f.error:
+        line += f',"error":{_ESC(f.error)}'
+    if f.retry and f.retry.isascii() and f.retry.isdigit():
+        line += f',"attempt":{int(f.retry)}'
+    if f.region is not None:
+        line += f',"region":{_ESC(f.region)}'
+    if f.retry_after is not None:
+        line += f',"retry_after":{_ESC(f.retry_after[:32])}'
+    if f.content_type:
+        if "text/event-stream" in f.content_type:
             line += ',"stream":true'
-        elif "json" in content_type:
+        elif "json" in f.content_type:
             line += ',"stream":false'
     line += f',"usage":{{{pairs}}}'
     if found is not None:

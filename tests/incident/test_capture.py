@@ -634,8 +634,8 @@ _END = {
 _USUAL = _sse(_START, _BLOCK, {"type": "ping"}, _DELTA, _DELTA, _END, {"type": "message_stop"})
 
 
-def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tuple:
-    """An attempt's facts as ``_Attempt._finish`` hands them to the writer."""
+def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> capture._Facts:
+    """An attempt's facts as the writer reads them (``_settle`` of what ``_finish`` left)."""
     facts = {
         "wall": 1767323045.678,
         "t0": 100.0,
@@ -660,10 +660,10 @@ def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tupl
         "content_type": "text/event-stream; charset=utf-8",
     }
     facts.update(changes)
-    return tuple(facts.values())
+    return capture._Facts(**facts)
 
 
-def _same_line(facts: tuple) -> str | None:
+def _same_line(facts: capture._Facts) -> str | None:
     """The fast path's line, checked to be the general path's bytes (or absent: fallback)."""
     general = capture._encode({**capture._finalize(facts), "logged": _LOGGED})
     fast = capture._line(facts, _LOGGED)
