@@ -236,7 +236,10 @@ def demo(
         job_ctx = _job_context(settings)
         with CollectorLock(job_ctx.engine):
             out.print(f"[bold]backfill[/]: {days} days from the emulator")
-            outcomes = _backfill_with_progress(job_ctx, days)
+            with stop_on_signals(job_ctx) as stop:
+                outcomes = _backfill_with_progress(job_ctx, days)
+            if stop.signum:  # Ctrl-C during the backfill: the finished chunks are kept
+                _stopped(stop)
             if any(o.status == "failed" for o in outcomes):
                 raise typer.Exit(1)
             if not keep_running:
