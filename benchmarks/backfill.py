@@ -48,6 +48,7 @@ from urllib.parse import quote
 from rich.table import Table
 from sqlalchemy import create_engine, func, select, text
 
+from emulator.server import isolated_env
 from models.db import make_engine
 from models.migrations import upgrade
 from models.tables import Cost, LatencyRollup, MetricPoint, Request
@@ -75,21 +76,6 @@ RSS_LIMIT_MB = 300
 BASELINE_DIVISOR = 10
 SAMPLE_S = 0.25
 EXE = shutil.which("foundry-watch", path=str(Path(sys.executable).parent)) or "foundry-watch"
-#: Variables that would point the child at something other than the emulator and the store.
-FOREIGN_ENV = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_USERNAME",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "DATABASE_URL",
-    "FOUNDRY_WATCH_CONFIG",
-)
 
 
 # ------------------------------------------------------------------------------ the emulator
@@ -241,12 +227,7 @@ def _rss_mb(pid: int) -> float | None:
 
 def run_backfill(emulator_env: dict[str, str], store: Store, now: datetime, log: Path) -> Result:
     """``foundry-watch backfill --days DAYS`` as a child; its own peak RSS from ``wait4``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in FOREIGN_ENV and not k.startswith("FOUNDRY_WATCH_")
-    }
-    env.update(emulator_env)
+    env = isolated_env(os.environ, emulator_env)
     env.update(
         {
             "DATABASE_URL": store.url,

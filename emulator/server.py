@@ -22,7 +22,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,35 @@ from emulator.faults import Faults
 from emulator.state import EmulatorState
 from emulator.tls import ensure_certs
 from emulator.world import World
+
+#: Variables that would make azure-identity's DefaultAzureCredential use something other than
+#: the emulator (a service principal, a workload identity, another managed-identity endpoint).
+FOREIGN_AZURE_ENV = (
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_USERNAME",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+)
+
+
+def isolated_env(environ: Mapping[str, str], emulator_env: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a child process that must talk to the emulator and nothing else: no
+    foreign Azure credential, no foundry-watch setting or store of the caller's; then
+    ``emulator_env`` (:meth:`EmulatorServer.env`)."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in FOREIGN_AZURE_ENV and k != "DATABASE_URL" and not k.startswith("FOUNDRY_WATCH_")
+    }
+    env.update(emulator_env)
+    return env
+
 
 __all__ = ["EmulatorServer", "serve"]
 

@@ -36,7 +36,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.orm import aliased
 
-from emulator.server import EmulatorServer
+from emulator.server import EmulatorServer, isolated_env
 from models.db import make_engine
 from models.migrations import upgrade
 from models.tables import (
@@ -60,21 +60,6 @@ MARGIN = timedelta(minutes=15)
 #: The emulator's world: small enough for a 2-day backfill in ~15 s, big enough for 8 metric
 #: chunks, 2 workspaces and 2 cost scopes (several kill points in each phase).
 WORLD = {"deployments_per_resource": 2, "requests_per_day": 300}
-#: Variables that would make DefaultAzureCredential use something other than the emulator.
-FOREIGN_ENV = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_USERNAME",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "DATABASE_URL",
-    "FOUNDRY_WATCH_CONFIG",
-)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -98,12 +83,7 @@ def pinned_emulator(**world: Any) -> Iterator[EmulatorServer]:
 
 def cli_env(server: EmulatorServer, database_url: str, **extra: str) -> dict[str, str]:
     """The environment a user would have: the emulator's settings and one store."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in FOREIGN_ENV and not k.startswith("FOUNDRY_WATCH_")
-    }
-    env.update(server.env())
+    env = isolated_env(os.environ, server.env())
     env["DATABASE_URL"] = database_url
     env["FOUNDRY_WATCH_LOG_LEVEL"] = "WARNING"
     env["COLUMNS"] = "200"  # rich: one line per table row, whatever the test runner's width

@@ -14,21 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from emulator.faults import Faults
-from emulator.server import EmulatorServer
-
-#: Variables that would make DefaultAzureCredential pick something other than the emulator.
-_FOREIGN_AZURE_ENV = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_USERNAME",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-)
+from emulator.server import FOREIGN_AZURE_ENV, EmulatorServer
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +23,7 @@ def emulator() -> Iterator[EmulatorServer]:
     server.start()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name in _FOREIGN_AZURE_ENV:
+            for name in FOREIGN_AZURE_ENV:
                 mp.delenv(name, raising=False)
             for name, value in server.env().items():
                 mp.setenv(name, value)
