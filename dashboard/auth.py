@@ -7,9 +7,11 @@ pointing at the Entra tenant's metadata URL), and optionally an allow-list:
     [foundry_watch]
     allowed_users = ["alice@contoso.com"]          # email / preferred_username, any case
     allowed_groups = ["<Entra group object id>"]   # needs the "groups" claim on the app
+    allowed_roles = ["FinOps.Reader"]              # app role values, exact case
 
 With ``[auth]`` present, nothing but the sign-in button is drawn until the user is signed in
-and allowed. Without allow-lists, any user the tenant signs in is allowed.
+and allowed: on any one list (users OR groups OR roles). Without allow-lists, any user the
+tenant signs in is allowed.
 """
 
 from __future__ import annotations
@@ -75,18 +77,40 @@ def display_name(user: Mapping[str, Any]) -> str:
 
 
 def allowed(user: Mapping[str, Any], policy: Mapping[str, Any]) -> bool:
-    """Whether a signed-in user passes the allow-lists (none configured = everyone).
+    """Whether a signed-in user passes the allow-lists: on any one of them (none configured =
+    everyone).
 
     Names and group object ids compare case-insensitively (both are case-insensitive in Entra).
+    App roles compare exactly: see ``_role_values``.
     """
     users = {u.lower() for u in _names(policy.get("allowed_users"))}
     groups = {g.lower() for g in _names(policy.get("allowed_groups"))}
-    if not users and not groups:
+    roles = set(_names(policy.get("allowed_roles")))
+    if not users and not groups and not roles:
         return True
     names = {str(user.get(k, "")).lower() for k in ("email", "preferred_username", "upn")}
     if users & (names - {""}):
         return True
+    if roles & _role_values(user):
+        return True
     return bool(groups & {g.lower() for g in _names(user.get("groups"))})
+
+
+def _role_values(user: Mapping[str, Any]) -> set[str]:
+    """The app role *values* in the token's ``roles`` claim, as Entra wrote them.
+
+    Microsoft identity platform, "Add app roles to your application and receive them in the
+    token": when a user signs in, Entra emits a ``roles`` claim with each app role of the app
+    registration that the user was granted, directly or through a group they are a direct
+    member of; the Graph ``appRole.value`` reference describes that value as the string
+    included in the ``roles`` claim of ID tokens and access tokens (up to 120 characters, no
+    spaces). Unlike the groups claim, the claim has no 200-entry overage.
+
+    The docs define the value as an exact string and never call it case-insensitive, so it is
+    matched exactly: a mis-cased ``allowed_roles`` entry refuses (visible, fixed in a minute)
+    rather than admitting anyone on a role the owner did not define.
+    """
+    return {r for r in _names(user.get("roles")) if r}
 
 
 def gate() -> bool:
@@ -115,6 +139,13 @@ def gate() -> bool:
                 "token, so group membership could not be checked. The dashboard's owner can "
                 "set the app registration's groups claim to \"Groups assigned to the "
                 'application" or add you to allowed_users.'
+            )
+        if _names(policy.get("allowed_roles")) and "roles" not in user:
+            # no role names here: the allow-list is the owner's configuration, not the user's
+            st.info(
+                "Your sign-in token carries no app roles for this dashboard. Its owner can "
+                "assign you one in the Microsoft Entra admin center (Enterprise applications > "
+                "this dashboard's application > Users and groups)."
             )
         st.button("Sign out", on_click=st.logout)
         return False

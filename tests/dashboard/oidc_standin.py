@@ -13,7 +13,7 @@ plays the authorization-code flow the way Entra does:
   ``token_endpoint_auth_methods_supported``), checks the code is fresh, single use and bound to
   the same ``redirect_uri`` (and PKCE verifier when a challenge was sent), then returns an
   RS256 ``id_token`` with Entra v2.0 claims (``ver``, ``tid``, ``oid``, ``preferred_username``,
-  ``groups``...) and the ``nonce`` from the authorization request;
+  ``groups``, ``roles``...) and the ``nonce`` from the authorization request;
 - ``/discovery/v2.0/keys`` publishes the public key (with ``kid``), ``/logout`` honours
   ``post_logout_redirect_uri``.
 
@@ -32,7 +32,7 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
@@ -58,6 +58,9 @@ class TestUser:
     ``email`` is optional in Entra (only when the account has a mailbox and the optional claim
     is configured); ``preferred_username`` (the UPN) is always there. ``groups`` holds group
     object ids and is only emitted when the app registration asks for the groups claim.
+    ``roles`` holds the *values* of the app roles the user is assigned on the app registration
+    (directly or through a group), e.g. ``"FinOps.Reader"``; Entra leaves the claim out when
+    there are none.
     """
 
     __test__ = False  # not a pytest test class
@@ -66,6 +69,7 @@ class TestUser:
     name: str
     email: str | None = None
     groups: tuple[str, ...] | None = None
+    roles: tuple[str, ...] | None = None
     oid: str = field(default_factory=lambda: str(uuid.uuid4()))
     #: Anything else to put in the token, e.g. Entra's group overage claims.
     extra: tuple[tuple[str, Any], ...] = ()
@@ -80,20 +84,20 @@ class TestUser:
             out["email"] = self.email
         if self.groups is not None:
             out["groups"] = list(self.groups)
+        if self.roles is not None:
+            out["roles"] = list(self.roles)
         out.update(self.extra)
         return out
 
     def with_group_overage(self) -> TestUser:
         """The same user as Entra sends them when they are in more than 200 groups: no
-        ``groups`` claim, a pointer to Microsoft Graph instead."""
+        ``groups`` claim, a pointer to Microsoft Graph instead (app roles are still sent)."""
         graph = f"https://graph.microsoft.com/v1.0/users/{self.oid}/getMemberObjects"
         overage = (
             ("_claim_names", {"groups": "src1"}),
             ("_claim_sources", {"src1": {"endpoint": graph}}),
         )
-        return TestUser(
-            self.preferred_username, self.name, self.email, None, self.oid, self.extra + overage
-        )
+        return replace(self, groups=None, extra=self.extra + overage)
 
 
 class _RsaKey:

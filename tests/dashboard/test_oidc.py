@@ -6,8 +6,8 @@ stand-in of ``oidc_standin.py``) and the ``[foundry_watch]`` allow-lists. Chromi
 "Sign in with Microsoft" and follows the real redirects (Streamlit → /authorize → /oauth2callback
 → token exchange → signed cookie → app); Authlib verifies the RS256 ``id_token`` against the
 stand-in's JWKS. The tests assert what each person sees: nothing but the sign-in screen before
-sign-in, the dashboard for an allowed user (by name or by group claim), a refusal with no data
-for anyone else, and no sign-in at all from a token that fails verification.
+sign-in, the dashboard for an allowed user (by name, group claim or app role), a refusal with
+no data for anyone else, and no sign-in at all from a token that fails verification.
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ FLAGS = [
 ]
 SIGN_IN = "Sign in with Microsoft"
 REFUSED = "not on this dashboard's allow-list"
+ROLES_HINT = "carries no app roles"
 DASHBOARD = ["Overview", "Per deployment"]
 
 CLIENT_ID = str(uuid.uuid4())
 CLIENT_SECRET = secrets.token_urlsafe(30)
 FINOPS_GROUP = str(uuid.uuid4())  # Entra emits group object ids, not names
 OTHER_GROUP = str(uuid.uuid4())
+FINOPS_ROLE = "FinOps.Reader"  # an app role's value, as defined on the app registration
 
 #: On ``allowed_users`` by email (different case), no groups claim.
 ALICE = TestUser("alice@contoso.com", "Alice Oncall", email="Alice@Contoso.com")
@@ -81,6 +83,17 @@ ERIN = TestUser(
 )
 #: In an allowed group, but in too many groups for Entra to list them in the token.
 DAVE = TestUser("dave@contoso.com", "Dave Manygroups").with_group_overage()
+#: No email, not on ``allowed_users``, in 200+ groups (no groups claim): let in by the app role
+#: assigned to him (the ``roles`` claim has no overage).
+FRANK = TestUser("frank@contoso.com", "Frank Approle", roles=(FINOPS_ROLE,)).with_group_overage()
+#: Holds other app roles of the same app, one of them the allowed value in another case.
+GRACE = TestUser(
+    "grace@contoso.com",
+    "Grace Otherrole",
+    email="grace@contoso.com",
+    groups=(OTHER_GROUP,),
+    roles=("Billing.Reader", FINOPS_ROLE.lower()),
+)
 
 #: base URL of each started dashboard → its Streamlit log (why a token was refused).
 LOGS: dict[str, Path] = {}
@@ -111,6 +124,7 @@ def secrets_toml(
     metadata_url: str | None = None,
     allowed_users: Sequence[str] = (),
     allowed_groups: Sequence[str] = (),
+    allowed_roles: Sequence[str] = (),
 ) -> str:
     """The secrets.toml an operator writes (README "Sharing the dashboard"), pointed at the
     stand-in instead of ``https://login.microsoftonline.com/<tenant-id>/v2.0``."""
@@ -129,6 +143,7 @@ def secrets_toml(
         "\n[foundry_watch]\n"
         f"allowed_users = {_toml_list(allowed_users)}\n"
         f"allowed_groups = {_toml_list(allowed_groups)}\n"
+        f"allowed_roles = {_toml_list(allowed_roles)}\n"
     )
     return text
 
@@ -231,8 +246,12 @@ def dashboard_factory(tmp_path_factory, standin, store):
 
 @pytest.fixture(scope="module")
 def site(dashboard_factory) -> str:
-    """The shared dashboard: a named ``[auth.microsoft]`` provider and both allow-lists."""
-    return dashboard_factory(allowed_users=["alice@contoso.com"], allowed_groups=[FINOPS_GROUP])
+    """The shared dashboard: a named ``[auth.microsoft]`` provider and all three allow-lists."""
+    return dashboard_factory(
+        allowed_users=["alice@contoso.com"],
+        allowed_groups=[FINOPS_GROUP],
+        allowed_roles=[FINOPS_ROLE],
+    )
 
 
 @pytest.fixture
@@ -415,6 +434,8 @@ def test_user_not_on_the_allow_list_is_refused(browser, site, standin, store) ->
     body = _wait_for(browser, [REFUSED, "bob@contoso.com", "Sign out"])
     assert len(standin.token_requests) == before + 1  # he did sign in at the tenant
     assert "Signed in as" not in body
+    assert ROLES_HINT in body  # his token has no roles claim: told who can assign one
+    assert FINOPS_ROLE not in body  # ...but not which role would do
     _assert_no_data(browser, world)
     # every page refuses him, not only the landing one
     browser.get(f"{site}/lookup")
@@ -425,6 +446,30 @@ def test_user_not_on_the_allow_list_is_refused(browser, site, standin, store) ->
     _wait_back_home(browser, site)
     _wait_for(browser, [SIGN_IN])
     assert standin.logout_requests[-1]["post_logout_redirect_uri"] == f"{site}/oauth2callback"
+    _assert_no_data(browser, world)
+
+
+def test_an_app_role_lets_a_user_in_and_another_role_does_not(
+    browser, site, standin, store
+) -> None:
+    """Frank has no email claim, is not on allowed_users and is in too many groups for a groups
+    claim, but his token's ``roles`` claim holds the allowed app role: he sees the dashboard.
+    Grace's token holds other roles of the same app (one the allowed value in another case):
+    she is refused, without the no-roles hint and without being told which role would do."""
+    _url, world = store
+    _sign_in(browser, site, standin, FRANK, world)
+    body = _wait_for(browser, ["Signed in as frank@contoso.com", *DASHBOARD])
+    assert REFUSED not in body
+    assert "Spend month to date" in body
+    _click(browser, "Sign out")
+    _wait_back_home(browser, site)
+    _wait_for(browser, [SIGN_IN])
+
+    _sign_in(browser, site, standin, GRACE, world)
+    body = _wait_for(browser, [REFUSED, "grace@contoso.com", "Sign out"])
+    assert "Signed in as" not in body
+    assert ROLES_HINT not in body
+    assert FINOPS_ROLE not in body
     _assert_no_data(browser, world)
 
 
@@ -542,3 +587,39 @@ def test_gate_helpers_without_a_browser() -> None:
     assert display_name(dict(CAROL.claims())) == "carol@contoso.com"  # no email claim
     assert display_name({"email": "Alice@Contoso.com", "name": "Alice"}) == "Alice@Contoso.com"
     assert display_name({}) == "this account"
+
+
+def test_app_role_allow_list_without_a_browser() -> None:
+    """``allowed_roles`` against the ``roles`` claim (app role values), case by case."""
+    from dashboard.auth import allowed, group_overage
+
+    roles = {"allowed_roles": [FINOPS_ROLE]}
+    assert allowed({"roles": ["Billing.Reader", FINOPS_ROLE]}, roles)
+    assert not allowed({"roles": ["Billing.Reader"]}, roles)
+    assert not allowed({"roles": [FINOPS_ROLE.lower()]}, roles)  # values match exactly
+    assert not allowed({"roles": [FINOPS_ROLE.upper()]}, roles)
+    # a bare string is one role value, not a set of characters
+    assert allowed({"roles": [FINOPS_ROLE]}, {"allowed_roles": FINOPS_ROLE})
+    assert not allowed({"roles": ["F", "i"]}, {"allowed_roles": FINOPS_ROLE})
+    # no roles claim at all (no role assigned): refused, even with an empty name claim around
+    assert not allowed(dict(BOB.claims()), roles)
+    assert not allowed({"preferred_username": "", "roles": []}, roles)
+    assert "roles" not in BOB.claims()  # the stand-in emits the claim only when given roles
+    assert GRACE.claims()["roles"] == ["Billing.Reader", "finops.reader"]
+    # any one list lets a user in: name, group or role
+    policy = {
+        "allowed_users": ["alice@contoso.com"],
+        "allowed_groups": [FINOPS_GROUP],
+        "allowed_roles": [FINOPS_ROLE],
+    }
+    assert allowed(dict(ALICE.claims()), policy)  # by name, no roles claim
+    assert allowed(dict(CAROL.claims()), policy)  # by group, no roles claim
+    assert not allowed(dict(BOB.claims()), policy)
+    assert not allowed(dict(GRACE.claims()), policy)
+    # 200+ groups: no groups claim, but the role still lets Frank in (Dave has no role)
+    assert group_overage(dict(FRANK.claims())) and "groups" not in FRANK.claims()
+    assert allowed(dict(FRANK.claims()), policy)
+    assert not allowed(dict(DAVE.claims()), policy)
+    # an empty allowed_roles is no list: with no other list, everyone passes
+    assert allowed({"roles": ["Billing.Reader"]}, {"allowed_roles": []})
+    assert allowed({}, {"allowed_users": [], "allowed_groups": [], "allowed_roles": []})
