@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -22,22 +19,9 @@ import pytest
 
 from models.db import make_engine
 from models.migrations import upgrade
+from tests.dashboard.live_site import chromium, free_port, start_dashboard, stop_dashboard
 from tests.dashboard.seed import build_world, seed, seed_budget, seed_runs, utc_now_minute
 
-CHROMIUM = os.environ.get("FW_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("FW_CHROMEDRIVER", "/usr/bin/chromedriver")
-APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1600,2200",
-]
 #: page path → text that must be on it once it has rendered.
 PAGES = {
     "overview": ["Overview", "Requests", "Per deployment", "Worst in the last hour"],
@@ -60,37 +44,11 @@ PAGES = {
 }
 
 
-def _browser_missing() -> str | None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        return f"missing {', '.join(missing)} (apt-get install chromium chromium-driver)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = _browser_missing()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"browser test cannot run under CI: {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chromium(window="1600,2200")
     yield driver
     driver.quit()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,47 +64,11 @@ def server(tmp_path_factory):
     seed_runs(engine, now, stale={"costs"})
     seed_budget(engine, Decimal("400"))
     engine.dispose()
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url}
-    log = open(folder / "streamlit.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    proc = start_dashboard(folder, url, port)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (folder / "streamlit.log").read_text()[-2000:])
     yield base, world
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_dashboard(proc)
 
 
 def _wait_rendered(driver, texts: list[str], timeout: float = 60) -> str:

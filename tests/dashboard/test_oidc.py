@@ -12,13 +12,9 @@ no data for anyone else, and no sign-in at all from a token that fails verificat
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -28,6 +24,7 @@ import pytest
 
 from models.db import make_engine
 from models.migrations import upgrade
+from tests.dashboard.live_site import chromium, free_port, start_dashboard, stop_dashboard
 from tests.dashboard.oidc_standin import OidcStandIn, TestUser
 from tests.dashboard.seed import (
     SeedWorld,
@@ -38,20 +35,6 @@ from tests.dashboard.seed import (
     utc_now_minute,
 )
 
-CHROMIUM = os.environ.get("FW_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("FW_CHROMEDRIVER", "/usr/bin/chromedriver")
-APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1600,1400",
-]
 SIGN_IN = "Sign in with Microsoft"
 REFUSED = "not on this dashboard's allow-list"
 ROLES_HINT = "carries no app roles"
@@ -97,19 +80,6 @@ GRACE = TestUser(
 
 #: base URL of each started dashboard → its Streamlit log (why a token was refused).
 LOGS: dict[str, Path] = {}
-
-
-def _browser_missing() -> str | None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        return f"missing {', '.join(missing)} (apt-get install chromium chromium-driver)"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _toml_list(values: Sequence[str]) -> str:
@@ -169,59 +139,6 @@ def store(tmp_path_factory) -> tuple[str, SeedWorld]:
     return url, world
 
 
-def _start_dashboard(
-    folder: Path, database_url: str, port: int, extra_env: dict[str, str]
-) -> subprocess.Popen:
-    """``streamlit run`` with ``folder`` as working directory (so ``folder/.streamlit`` is the
-    project-level config) and as HOME (so no ``~/.streamlit/secrets.toml`` leaks in). The app
-    path is absolute and the store comes from ``DATABASE_URL``, as under the CLI."""
-    env = {**os.environ, "DATABASE_URL": database_url, "HOME": str(folder), **extra_env}
-    log = open(folder / "streamlit.log", "w")  # noqa: SIM115 (closed by the caller's finaliser)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=folder,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    proc.log = log  # type: ignore[attr-defined]
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    _stop(proc)
-    pytest.fail("streamlit did not start: " + (folder / "streamlit.log").read_text()[-2000:])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    proc.log.close()  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="module")
 def dashboard_factory(tmp_path_factory, standin, store):
     """``dashboard(**secrets_toml_options)`` → base URL of a dashboard configured that way."""
@@ -230,18 +147,18 @@ def dashboard_factory(tmp_path_factory, standin, store):
 
     def start(extra_env: dict[str, str] | None = None, **options) -> str:
         folder = tmp_path_factory.mktemp("oidc-site")
-        port = _free_port()
+        port = free_port()
         (folder / ".streamlit").mkdir()
         (folder / ".streamlit" / "secrets.toml").write_text(secrets_toml(standin, port, **options))
         base = f"http://127.0.0.1:{port}"
         LOGS[base] = folder / "streamlit.log"
         standin.redirect_uris.append(f"{base}/oauth2callback")  # the app registration
-        started.append(_start_dashboard(folder, url, port, extra_env or {}))
+        started.append(start_dashboard(folder, url, port, extra_env))
         return base
 
     yield start
     for proc in started:
-        _stop(proc)
+        stop_dashboard(proc)
 
 
 @pytest.fixture(scope="module")
@@ -257,20 +174,7 @@ def site(dashboard_factory) -> str:
 @pytest.fixture
 def browser(standin):
     """A fresh Chromium per test: no cookie from an earlier sign-in carries over."""
-    reason = _browser_missing()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"browser test cannot run under CI: {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chromium()
     standin.forge = None
     yield driver
     driver.quit()
