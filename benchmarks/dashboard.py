@@ -13,11 +13,13 @@ Each page runs the same query calls its view makes (``PAGES`` below mirrors dash
 for the 30-day preset over all deployments, on a fresh connection with no Streamlit cache:
 median of ``REPEATS`` runs, after one warm-up (the database's own page cache warm, as on a
 server). Percentile error: the largest relative difference between the p50/p95/p99 the page
-shows per deployment and the exact nearest-rank percentile of the generated durations.
+shows per deployment and the exact nearest-rank percentile of the generated durations of
+the window (each kept with its minute, so any preset is checked without raw rows).
 Targets (DESIGN §7): ≤ 300 ms per page on PostgreSQL, ≤ 1 s on SQLite, percentiles within 1 %.
 
 ``FW_BENCH_DASH_BASELINE=REV`` (a git revision, or a path to a ``queries.py``) also runs
-every page with that version of ``dashboard/queries.py`` (and the calls its views made),
+every page with that version of ``dashboard/queries.py`` (with a revision, also its
+``collector/spend.py``; and the calls its views made),
 interleaved run by run with the current one in the same process, so a loaded machine slows
 both alike: the table then shows the baseline's ms and the ratio current / baseline.
 """
@@ -79,7 +81,7 @@ PS = (50, 95, 99)
 PRESETS = tuple(
     p.strip() for p in os.environ.get("FW_BENCH_DASH_PRESETS", "24 h,7 d,30 d").split(",")
 )
-#: ``FW_BENCH_DASH_BACKENDS``: which stores to run (``sqlite``, ``postgresql``).
+#: ``FW_BENCH_DASH_BACKENDS``: which stores to run (``sqlite``, ``postgresql`` or ``pg``).
 BACKENDS = tuple(
     b.strip().lower()
     for b in os.environ.get("FW_BENCH_DASH_BACKENDS", "sqlite,postgresql").split(",")
@@ -88,23 +90,43 @@ BASELINE = os.environ.get("FW_BENCH_DASH_BASELINE", "")
 
 
 def _baseline_module() -> Any:
-    """``dashboard/queries.py`` as of ``BASELINE`` (git revision or file), imported apart."""
-    import importlib.util
+    """``dashboard/queries.py`` as of ``BASELINE`` (git revision or file), imported apart.
+
+    With a git revision, the ``collector.spend`` it calls (as ``spend``) is that revision's
+    too, so spend speed-ups made there count in the comparison.
+    """
+    path = Path(BASELINE)
+    old_spend = None
+    if not path.is_file():
+        path = _baseline_source("dashboard/queries.py")
+        old_spend = _load_apart("fw_bench_spend_baseline", _baseline_source("collector/spend.py"))
+    module = _load_apart("fw_bench_queries_baseline", path)
+    if old_spend is not None:
+        module.spend = old_spend
+    return module
+
+
+def _baseline_source(name: str) -> Path:
+    """The file ``name`` as of the ``BASELINE`` revision, written to a temporary folder."""
     import subprocess
+
+    source = subprocess.run(
+        ["git", "show", f"{BASELINE}:{name}"],
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / Path(name).name
+    path.write_text(source)
+    return path
+
+
+def _load_apart(name: str, path: Path) -> Any:
+    import importlib.util
     import sys
 
-    path = Path(BASELINE)
-    if not path.is_file():
-        source = subprocess.run(
-            ["git", "show", f"{BASELINE}:dashboard/queries.py"],
-            cwd=Path(__file__).resolve().parent.parent,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        path = Path(tempfile.mkdtemp()) / "queries_baseline.py"
-        path.write_text(source)
-    spec = importlib.util.spec_from_file_location("fw_bench_queries_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while importing
@@ -130,6 +152,8 @@ class Generated:
 
     def __init__(self) -> None:
         self.durations: dict[int, list[np.ndarray]] = {}
+        #: Per deployment, the epoch minute of each duration above (same order).
+        self.minutes: dict[int, list[np.ndarray]] = {}
         self.requests = 0
         self.raw_rows = 0
         self.sample_ids: list[str] = []
@@ -197,8 +221,8 @@ def _catalogue(engine: Engine, now: datetime) -> list[int]:
 
 def _day_rows(
     rng: np.random.Generator, dep: int, day0: datetime, lam: np.ndarray, raw_left: int
-) -> tuple[list[dict], list[dict], list[dict], np.ndarray, list[str]]:
-    """One deployment-day: metric rows, latency rollup rows, raw rows, 2xx durations."""
+) -> tuple[list[dict], list[dict], list[dict], np.ndarray, np.ndarray, list[str]]:
+    """One deployment-day: metric, latency rollup and raw rows, 2xx durations and minutes."""
     counts = rng.poisson(lam)
     n = int(counts.sum())
     minute = np.repeat(np.arange(1440), counts)
@@ -305,7 +329,7 @@ def _day_rows(
                 }
             )
         ids.append(raw[take // 2]["correlation_id"])
-    return metrics, rollups, raw, okd, ids
+    return metrics, rollups, raw, okd, okm, ids
 
 
 def load(engine: Engine, now: datetime) -> tuple[Generated, dict[str, float]]:
@@ -324,13 +348,15 @@ def load(engine: Engine, now: datetime) -> tuple[Generated, dict[str, float]]:
     for d in range(DAYS):
         day0 = start_day + timedelta(days=d)
         lam = per_minute * shape
+        day_minute = int(day0.timestamp()) // 60
         if day0 + timedelta(days=1) > now:  # today: only the minutes before now
             cut = int((now - day0).total_seconds() // 60)
             lam = np.where(np.arange(1440) < cut, lam, 0.0)
         with engine.begin() as conn:
             for dep in ids:
-                metrics, rolls, raw, okd, sample = _day_rows(rng, dep, day0, lam, raw_left)
+                metrics, rolls, raw, okd, okm, sample = _day_rows(rng, dep, day0, lam, raw_left)
                 gen.durations.setdefault(dep, []).append(okd)
+                gen.minutes.setdefault(dep, []).append(okm.astype(np.int64) + day_minute)
                 gen.requests += sum(r["count"] for r in rolls)
                 gen.sample_ids.extend(sample)
                 upsert(conn, MetricPoint, metrics, batch_size=20_000)
@@ -539,6 +565,22 @@ def _exact(gen: Generated, dep: int) -> dict[int, float]:
     return _nearest_rank(np.concatenate(gen.durations[dep]))
 
 
+def _exact_window(gen: Generated, window: q.Window) -> dict[int, dict[int, float]]:
+    """Exact nearest-rank percentiles per deployment of the generated 2xx durations in ``window``.
+
+    Durations carry the minute they were generated in; windows start and end on whole
+    minutes, so these are exactly the requests the rollups of those minutes count.
+    """
+    lo, hi = int(window.start.timestamp()) // 60, int(window.end.timestamp()) // 60
+    out = {}
+    for dep, arrs in gen.durations.items():
+        minutes = np.concatenate(gen.minutes[dep])
+        inside = np.concatenate(arrs)[(minutes >= lo) & (minutes < hi)]
+        if len(inside):
+            out[dep] = _nearest_rank(inside)
+    return out
+
+
 def _exact_raw(engine: Engine, window: q.Window) -> dict[int, dict[int, float]]:
     """Exact nearest-rank percentiles per deployment of the raw 2xx rows inside ``window``.
 
@@ -661,6 +703,7 @@ def _save(gen: Generated, timings: dict[str, float], now: datetime, path: Path) 
         path,
         deps=np.array(sorted(gen.durations)),
         **{f"d{dep}": np.concatenate(arrs) for dep, arrs in gen.durations.items()},
+        **{f"m{dep}": np.concatenate(arrs) for dep, arrs in gen.minutes.items()},
         meta=np.array(
             [now.isoformat(), str(gen.requests), str(gen.raw_rows), *gen.sample_ids[:50]]
         ),
@@ -673,6 +716,8 @@ def _restore(path: Path) -> tuple[Generated, dict[str, float], datetime]:
     gen = Generated()
     for dep in data["deps"].tolist():
         gen.durations[dep] = [data[f"d{dep}"]]
+        if f"m{dep}" in data:  # stores kept before minutes were saved have none
+            gen.minutes[dep] = [data[f"m{dep}"]]
     meta = data["meta"].tolist()
     gen.requests, gen.raw_rows, gen.sample_ids = int(meta[1]), int(meta[2]), meta[3:]
     timings = {k: float(v) for k, v in data["timings"].tolist()}
@@ -711,6 +756,8 @@ def _bench(url: str, now: datetime, keep: Path | None) -> tuple[list[tuple], dic
         exact: dict[int, dict[int, float]] | None = None
         if window.start <= now - timedelta(days=DAYS):  # the window holds every generated day
             exact = {dep: _exact(gen, dep) for dep in gen.durations}
+        elif gen.minutes:  # every generated duration with its minute: exact in any window
+            exact = _exact_window(gen, window)
         elif gen.raw_rows >= gen.requests:  # every request is a raw row: exact in any window
             exact = _exact_raw(engine, window)
         base_calls = _page_calls(now, preset, baseline) if baseline is not None else {}
@@ -784,7 +831,7 @@ def main() -> Table:
                 now,
                 keep / f"sqlite-{tag}.npz" if keep else None,
             )
-    if "postgresql" in BACKENDS:
+    if "postgresql" in BACKENDS or "pg" in BACKENDS:
         results["PostgreSQL"] = _bench_pg(now, keep, tag)
     notes = []
     for backend, result in results.items():

@@ -209,9 +209,17 @@ def deployment_facts(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
 
 def price_tokens(tokens: dict[str, int], price: Any) -> Decimal:
     """Cost of token counts at one ``prices`` row (currency per million tokens)."""
+    return _priced(tokens, _rates(price))
+
+
+def _rates(price: Any) -> tuple[Decimal, ...]:
+    """A ``prices`` row's rates in ``TOKEN_KINDS`` order."""
+    return tuple(Decimal(getattr(price, PRICE_COLUMNS[kind])) for kind in TOKEN_KINDS)
+
+
+def _priced(tokens: dict[str, int], rates: tuple[Decimal, ...]) -> Decimal:
     total = Decimal(0)
-    for kind in TOKEN_KINDS:
-        rate = Decimal(getattr(price, PRICE_COLUMNS[kind]))
+    for kind, rate in zip(TOKEN_KINDS, rates, strict=True):
         total += Decimal(tokens.get(kind, 0)) * rate
     return total / MILLION
 
@@ -263,6 +271,9 @@ def price_token_counts(
     """Token counts per (deployment, day) → priced rows; shared with the dashboard, which
     sums the same counts from day rollups, so both price them identically."""
     out: list[EstimatedSpend] = []
+    # Per model name: its price and rates, looked up and converted once (a month of 50
+    # deployments prices ~1,500 rows; normalising and converting per row was most of it).
+    priced: dict[str, tuple[Any, tuple[Decimal, ...] | None]] = {}
     for (dep_id, d), counts in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         dep = deps.get(dep_id)
         if dep is None:
@@ -271,7 +282,11 @@ def price_token_counts(
             cache = counts.get("cache_read", 0)
             cache += counts.get("cache_write_5m", 0) + counts.get("cache_write_1h", 0)
             counts["input"] = max(0, counts.get("input", 0) - cache)
-        price = prices.get(normalize_model(dep.model_name))
+        found = priced.get(dep.model_name)
+        if found is None:
+            price = prices.get(normalize_model(dep.model_name))
+            found = priced[dep.model_name] = (price, None if price is None else _rates(price))
+        price, rates = found
         out.append(
             EstimatedSpend(
                 day=d,
@@ -286,7 +301,7 @@ def price_token_counts(
                 cache_read_tokens=counts.get("cache_read", 0),
                 cache_write_5m_tokens=counts.get("cache_write_5m", 0),
                 cache_write_1h_tokens=counts.get("cache_write_1h", 0),
-                cost=None if price is None else price_tokens(counts, price),
+                cost=None if rates is None else _priced(counts, rates),
                 currency=price.currency if price is not None else "",
             )
         )
@@ -330,16 +345,22 @@ def group_bills(
         )
     ).all()
     sums: dict[tuple, dict[str, Decimal]] = defaultdict(dict)
-    for r in rows:
-        key = (
-            _as_date(r.day),
-            _subscription_of(r.resource_arm_id, r.scope),
-            (r.resource_group or "").lower(),
-            normalize_model(r.model_name),
-            r.currency,
-        )
-        by_scope = sums[key]
-        by_scope[r.scope] = by_scope.get(r.scope, Decimal(0)) + Decimal(r.cost)
+    # The same few ids, groups and meters' models repeat on every day: parse each once.
+    subs: dict[tuple[str, str], str] = {}
+    groups: dict[str | None, str] = {}
+    models: dict[str, str] = {}
+    for scope, arm_id, day, group, model, currency, cost in rows:
+        sub = subs.get((arm_id, scope))
+        if sub is None:
+            sub = subs[(arm_id, scope)] = _subscription_of(arm_id, scope)
+        rg = groups.get(group)
+        if rg is None:
+            rg = groups[group] = (group or "").lower()
+        name = models.get(model)
+        if name is None:
+            name = models[model] = normalize_model(model)
+        by_scope = sums[(_as_date(day), sub, rg, name, currency)]
+        by_scope[scope] = by_scope.get(scope, Decimal(0)) + Decimal(cost)
     out = []
     for (d, sub, rg, model, currency), by_scope in sorted(sums.items()):
         scope = min(by_scope, key=lambda s: (len(s), s))

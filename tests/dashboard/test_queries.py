@@ -198,3 +198,148 @@ def test_chart_buckets_hold_the_requests_of_their_step(world_engine, step: int) 
         t = q.coarse.floor_to(r.time, timedelta(seconds=step))
         truth[t] = truth.get(t, 0) + 1
     assert {t.to_pydatetime(): int(n) for t, n in shown.items() if n} == truth
+
+
+@pytest.mark.parametrize("per_read", [None, 2_000, 7], ids=["one-read", "step-cuts", "cut-steps"])
+@pytest.mark.parametrize("step", [300, 3600])
+@pytest.mark.parametrize("by_deployment", [False, True])
+def test_chart_counts_per_status_code_match_truth(
+    world_engine, monkeypatch, step: int, by_deployment, per_read
+) -> None:
+    """Every (deployment,) bucket × status code, from minutes summed in one or two steps,
+    read whole or in parts (cut on step boundaries, or inside steps when a step is longer
+    than a part)."""
+    world, engine = world_engine
+    if per_read is not None:
+        monkeypatch.setattr(q, "READ_COARSE", False)  # every minute of the window, in parts
+        monkeypatch.setattr(q, "_MINUTES_PER_READ", per_read)
+    end = world.now + timedelta(minutes=1)
+    start = end - timedelta(hours=26, minutes=7)  # ragged: not on a step, hour or day
+    ids = [d["id"] for d in world.deployments]
+    with readonly_engine(engine.url.render_as_string(False)).connect() as conn:
+        frame = q.request_counts(
+            conn, q.Window(start, end, open_end=True), ids, by_deployment=by_deployment, step=step
+        )
+    keys = ["deployment_id"] if by_deployment else []
+    shown = {
+        (*(int(k) for k in row[:-3]), row[-3].to_pydatetime(), str(row[-2])): int(row[-1])
+        for row in frame[[*keys, "t", "status_code", "requests"]].itertuples(index=False)
+        if row[-1]
+    }
+    truth: dict[tuple, int] = {}
+    for r in world.in_window(start, end):
+        t = q.coarse.floor_to(r.time, timedelta(seconds=step))
+        key = (*([r.deployment_id] if by_deployment else []), max(t, start), str(r.status))
+        truth[key] = truth.get(key, 0) + 1
+    # The first bucket starts before the window: it holds the window's part of it only.
+    shown = {(*k[:-2], max(k[-2], start), k[-1]): v for k, v in shown.items()}
+    assert shown == truth
+
+
+@pytest.mark.parametrize("coarse_tables", [True, False], ids=["coarse", "minutes-only"])
+def test_latency_counts_and_extremes_match_truth(world_engine, monkeypatch, coarse_tables):
+    """Counts of every class, and 2xx count/min/max/mean, whatever mix of minutes and hours."""
+    world, engine = world_engine
+    if not coarse_tables:
+        monkeypatch.setattr(q, "READ_COARSE", False)
+    end = world.now + timedelta(minutes=1)
+    ids = [d["id"] for d in world.deployments]
+    for start in (end - timedelta(hours=24), end - timedelta(hours=5, minutes=13)):
+        window = q.Window(start, end, open_end=True)
+        reqs = world.in_window(start, end)
+        with readonly_engine(engine.url.render_as_string(False)).connect() as conn:
+            table = q.deployment_table(conn, window, ids, q.catalogue(conn))
+            per = q.latency(conn, window, ids).set_index("deployment_id")
+            overall = q.latency(conn, window, ids, by_deployment=False)
+            hours = q.latency(conn, q.Window(start, end - timedelta(minutes=31)), ids)
+        table = table.set_index("deployment_id")
+        for dep in world.deployments:
+            mine = [r for r in reqs if r.deployment_id == dep["id"]]
+            ok = [r.duration_ms for r in mine if r.status == 200]
+            assert table.loc[dep["id"], "logged"] == len(mine)
+            row = per.loc[dep["id"]]
+            assert row["count"] == len(ok)
+            assert row["min_ms"] == pytest.approx(min(ok))
+            assert row["max_ms"] == pytest.approx(max(ok))
+            assert row["mean_ms"] == pytest.approx(sum(ok) / len(ok))
+        all_ok = [r.duration_ms for r in reqs if r.status == 200]
+        assert overall["count"].iloc[0] == len(all_ok)
+        assert overall["max_ms"].iloc[0] == pytest.approx(max(all_ok))
+        closed = [r for r in world.in_window(start, end - timedelta(minutes=31)) if r.status == 200]
+        got = dict(zip(hours["deployment_id"], hours["count"], strict=True))
+        assert got == {
+            d["id"]: n
+            for d in world.deployments
+            if (n := sum(r.deployment_id == d["id"] for r in closed))
+        }
+
+
+@pytest.mark.parametrize("preset", ["24 h", "30 d"])
+def test_overview_spend_matches_bills_and_token_prices(world_engine, preset: str) -> None:
+    """Month to date, the window's estimate and bill per deployment, from the seeded truth:
+    bills (every day before today) where they exist, tokens × list price otherwise."""
+    from dashboard import ui
+
+    world, engine = world_engine
+    now = world.now
+    window = ui._window(preset, now, "UTC")
+    ids = [d["id"] for d in world.deployments]
+    with readonly_engine(engine.url.render_as_string(False)).connect() as conn:
+        cat = q.catalogue(conn)
+        everything = q.overview_page(conn, window, ids, cat, now)["money"]
+        some = q.overview_page(conn, window, ids[1:], cat, now)["money"]
+    month, today = now.date().replace(day=1), now.date()
+    first, last = window.start.date(), (window.end - timedelta(microseconds=1)).date()
+
+    def bill(dep: dict, day) -> Decimal | None:
+        rg = world.resources[dep["resource_id"] - 1]["resource_group"]
+        return world.bills.get((rg, dep["model_name"], day))
+
+    def mtd(deps: list[dict]) -> Decimal:
+        total = Decimal(0)
+        for dep in deps:
+            days = {r.time.date() for r in world.requests if r.deployment_id == dep["id"]}
+            for day in days:
+                if not month <= day <= today:
+                    continue
+                b = bill(dep, day)
+                if b is None:  # no bill yet (today): the day's estimate
+                    b = estimated_cost(
+                        [
+                            r
+                            for r in world.requests
+                            if r.deployment_id == dep["id"] and r.time.date() == day
+                        ],
+                        dep["model_name"],
+                    )
+                total += b
+        return total
+
+    assert everything["currency"] == "USD"
+    assert everything["mtd"] == pytest.approx(float(mtd(world.deployments)), rel=1e-9)
+    assert some["mtd"] == pytest.approx(float(mtd(world.deployments[1:])), rel=1e-9)
+    assert mtd(world.deployments) > 0
+    for money, deps in ((everything, world.deployments), (some, world.deployments[1:])):
+        frame = money["per_deployment"].set_index("deployment_id")
+        assert sorted(frame.index) == [d["id"] for d in deps]
+        for dep in deps:
+            if preset == "24 h":  # the window's own tokens
+                reqs = world.in_window(window.start, window.end, {dep["id"]})
+            else:  # whole days: the days' tokens
+                reqs = [
+                    r
+                    for r in world.requests
+                    if r.deployment_id == dep["id"] and first <= r.time.date() <= last
+                ]
+            est = estimated_cost(reqs, dep["model_name"])
+            assert frame.loc[dep["id"], "estimated"] == pytest.approx(float(est), rel=1e-9)
+            bills = [
+                b
+                for day in {r.time.date() for r in world.requests}
+                if first <= day <= last and (b := bill(dep, day)) is not None
+            ]
+            billed = frame.loc[dep["id"], "billed"]
+            if bills:
+                assert billed == pytest.approx(float(sum(bills)), rel=1e-9)
+            else:
+                assert pd.isna(billed)
