@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import (
     BigInteger,
@@ -961,28 +959,10 @@ def _minute_latency(
 
 def _merged(parts: tuple[dict[str, int], list[bytes]]) -> dense.Dense:
     """One key's histogram: its minute rows' merged dict and its hour/day rows' packed
-    ``collector.dense`` blobs, added into one array (no ``Dense`` per row)."""
+    ``collector.dense`` blobs."""
     minutes, blobs = parts
-    heads = [_DENSE_HEAD.unpack_from(b) for b in blobs]
-    zero = sum(z for _lo, z in heads)
-    sized = [
-        (lo, b, n)
-        for (lo, _z), b in zip(heads, blobs, strict=True)
-        if (n := (len(b) - _DENSE_HEAD.size) // 4)
-    ]
-    if sized:
-        lo = min(x[0] for x in sized)
-        counts = np.zeros(max(x[0] + x[2] for x in sized) - lo, dtype=np.int64)
-        for at, b, n in sized:
-            counts[at - lo : at - lo + n] += np.frombuffer(b, "<u4", offset=_DENSE_HEAD.size)
-        hours = dense.Dense(lo, zero, counts)
-    else:
-        hours = dense.Dense(0, zero, np.zeros(0, dtype=np.int64))
+    hours = dense.merge_packed(blobs)
     return dense.merge([hours, dense.from_dict(minutes)] if minutes else [hours])
-
-
-#: ``collector.dense``'s packed header: lowest key, zero-bucket count.
-_DENSE_HEAD = struct.Struct("<iq")
 
 
 def _latency_frame(

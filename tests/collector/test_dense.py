@@ -27,6 +27,7 @@ def test_dense_matches_json_histograms(seed: int) -> None:
     packed = [dense.pack(dense.from_dict(p)) for p in parts]
     merged = dense.merge(dense.unpack(b) for b in packed)
     assert dense.to_dict(merged) == as_json
+    assert dense.to_dict(dense.merge_packed(packed)) == as_json  # straight from the bytes
     assert merged.total == rollups.total(as_json)
     assert dense.percentiles(merged, PS) == rollups.percentiles(as_json, PS)
 
@@ -37,3 +38,6 @@ def test_empty_and_zero_only() -> None:
     assert dense.unpack(dense.pack(zeros)).zero == 4
     assert dense.percentiles(zeros, (50, 99)) == {50: 0.0, 99: 0.0}
     assert dense.to_dict(dense.unpack(dense.pack(dense.from_dict({})))) == {}
+    assert dense.to_dict(dense.merge_packed([])) == {}
+    empty, zeros_only = dense.pack(dense.from_dict({})), dense.pack(zeros)
+    assert dense.to_dict(dense.merge_packed([empty, zeros_only, zeros_only])) == {"z": 8}
