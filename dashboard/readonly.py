@@ -26,9 +26,12 @@ def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _pg_read_only(dbapi_connection: Any, _record: Any) -> None:
-    # The SET must be committed, or the pool's first rollback would undo it.
+    # jit off: the pages read rollups in short queries; when one crossed jit_above_cost,
+    # compiling it cost ~5 ms, more than it saved (the read-only role sets the same).
+    # The SETs must be committed, or the pool's first rollback would undo them.
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET default_transaction_read_only = on")
+        cursor.execute("SET jit = off")
     dbapi_connection.commit()
 
 

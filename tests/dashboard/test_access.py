@@ -62,6 +62,15 @@ def test_pg_readonly_role_can_read_and_never_write(pg_schema_url: str) -> None:
             assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
             assert conn.execute(text("SHOW jit")).scalar_one() == "off"
         plain = create_engine(url.render_as_string(hide_password=False))
+        with plain.connect() as conn:  # the role's own settings, without the engine's SETs
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
+            assert conn.execute(text("SHOW jit")).scalar_one() == "off"
+        as_owner = readonly_engine(pg_schema_url)  # any role: the engine sets both itself
+        with as_owner.connect() as conn:
+            conn.rollback()  # the pool's reset keeps what the connect hook committed
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
+            assert conn.execute(text("SHOW jit")).scalar_one() == "off"
+        as_owner.dispose()
         with (
             plain.connect() as conn,
             pytest.raises(Exception, match=r"permission denied|read-only"),
