@@ -55,6 +55,17 @@ def chromium(window: str = "1600,1400") -> Any:
     return driver
 
 
+def elements(driver: Any, css: str, timeout: float = 30) -> list:
+    """The elements matching ``css`` once there are any (a table's or chart's frame is drawn a
+    moment after the text around it, later still on a loaded machine); [] after ``timeout``."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while not (found := driver.find_elements(By.CSS_SELECTOR, css)) and time.time() < deadline:
+        time.sleep(0.3)
+    return found
+
+
 def start_dashboard(
     folder: Path, database_url: str, port: int, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:

@@ -19,7 +19,13 @@ import pytest
 
 from models.db import make_engine
 from models.migrations import upgrade
-from tests.dashboard.live_site import chromium, free_port, start_dashboard, stop_dashboard
+from tests.dashboard.live_site import (
+    chromium,
+    elements,
+    free_port,
+    start_dashboard,
+    stop_dashboard,
+)
 from tests.dashboard.seed import build_world, seed, seed_budget, seed_runs, utc_now_minute
 
 #: page path → text that must be on it once it has rendered.
@@ -109,9 +115,9 @@ def test_page_renders_in_chromium(browser, server, shots, page) -> None:
     assert "Data may be out of date" in body and "costs" in body
     assert "Page not found" not in body
     if page in ("overview", "errors", "deployment", "spend"):
-        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), "no Plotly chart"
+        assert elements(browser, ".js-plotly-plot"), "no Plotly chart"
     if page in ("overview", "errors", "spend", "health"):
-        assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+        assert elements(browser, '[data-testid="stDataFrame"]')
     browser.save_screenshot(str(shots / f"{page}.png"))
 
 

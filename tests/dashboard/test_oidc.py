@@ -24,7 +24,13 @@ import pytest
 
 from models.db import make_engine
 from models.migrations import upgrade
-from tests.dashboard.live_site import chromium, free_port, start_dashboard, stop_dashboard
+from tests.dashboard.live_site import (
+    chromium,
+    elements,
+    free_port,
+    start_dashboard,
+    stop_dashboard,
+)
 from tests.dashboard.oidc_standin import OidcStandIn, TestUser
 from tests.dashboard.seed import (
     SeedWorld,
@@ -267,15 +273,14 @@ def _wait_back_home(driver, base: str, timeout: float = 30) -> None:
 
 
 def test_allowed_user_signs_in_and_sees_the_dashboard(browser, site, standin, store) -> None:
-    from selenium.webdriver.common.by import By
 
     _url, world = store
     before = _sign_in(browser, site, standin, ALICE, world)
     body = _wait_for(browser, ["Signed in as Alice@Contoso.com", *DASHBOARD])
     assert REFUSED not in body
     assert "Spend month to date" in body
-    assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
-    assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+    assert elements(browser, '[data-testid="stMetric"]')
+    assert elements(browser, '[data-testid="stDataFrame"]')
     # the flow Streamlit ran against the stand-in is the code flow Entra expects
     request = standin.authorize_requests[-1]
     assert request["client_id"] == CLIENT_ID
