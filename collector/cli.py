@@ -430,6 +430,29 @@ def emulator(
     serve_emulator(host=host, port=port, seed=seed, data_dir=data_dir)
 
 
+def streamlit_command(host: str, port: int) -> list[str]:
+    """``streamlit run`` of the dashboard on ``host:port``, headless, no usage statistics (the
+    browser tests start the dashboard with the same command)."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(DASHBOARD_APP),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+
+
+DASHBOARD_APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+
+
 @app.command()
 def dashboard(
     ctx: typer.Context,
@@ -445,26 +468,11 @@ def dashboard(
     engine = make_engine(settings.database_url)
     check_connection(engine)
     ensure_current(engine)
-    app_path = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     env = {**os.environ, "DATABASE_URL": settings.database_url}
     # With Entra sign-in, Streamlit keeps the token claims in cookies; a user in ~55+ groups
     # passes the websocket library's 8 KB header-line default and gets a blank page.
     env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "16384")
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(app_path),
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = streamlit_command(host, port)
     # Replace this process, so stopping `foundry-watch dashboard` stops Streamlit itself.
     os.execve(sys.executable, command, env)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from collector.cli import streamlit_command
+
 CHROMIUM = os.environ.get("FW_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FW_CHROMEDRIVER", "/usr/bin/chromedriver")
-APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -76,21 +76,7 @@ def start_dashboard(
     env = {**os.environ, "DATABASE_URL": database_url, "HOME": str(folder), **(extra_env or {})}
     log = open(folder / "streamlit.log", "w")  # noqa: SIM115 (closed by stop_dashboard)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
+        streamlit_command("127.0.0.1", port),
         cwd=folder,
         env=env,
         stdout=log,
