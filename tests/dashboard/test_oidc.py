@@ -276,7 +276,7 @@ def test_allowed_user_signs_in_and_sees_the_dashboard(browser, site, standin, st
 
     _url, world = store
     before = _sign_in(browser, site, standin, ALICE, world)
-    body = _wait_for(browser, ["Signed in as Alice@Contoso.com", *DASHBOARD])
+    body = _wait_for(browser, ["Signed in as Alice@Contoso.com", *DASHBOARD, "Spend month to date"])
     assert REFUSED not in body
     assert "Spend month to date" in body
     assert elements(browser, '[data-testid="stMetric"]')
@@ -367,7 +367,7 @@ def test_an_app_role_lets_a_user_in_and_another_role_does_not(
     she is refused, without the no-roles hint and without being told which role would do."""
     _url, world = store
     _sign_in(browser, site, standin, FRANK, world)
-    body = _wait_for(browser, ["Signed in as frank@contoso.com", *DASHBOARD])
+    body = _wait_for(browser, ["Signed in as frank@contoso.com", *DASHBOARD, "Spend month to date"])
     assert REFUSED not in body
     assert "Spend month to date" in body
     _click(browser, "Sign out")
