@@ -76,7 +76,6 @@ import re
 import threading
 import time
 import uuid
-import weakref
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -337,12 +336,6 @@ class CostRow:
         return ""
 
 
-_DAY_CACHE: weakref.WeakKeyDictionary[Any, dict[date, dict[str, dict[str, float]]]] = (
-    weakref.WeakKeyDictionary()
-)
-_DAY_LOCK = threading.Lock()
-
-
 def _day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
@@ -359,14 +352,14 @@ def billable_days(world: Any, as_of: datetime | None = None) -> tuple[date, date
 def day_totals(world: Any, day: date) -> dict[str, dict[str, float]]:
     """Per deployment (``"{resource arm id lower}/{name}"``): requests and tokens of one UTC day."""
     start, end = _day_bounds(day)
-    cache = None
-    if end <= world.now() - timedelta(minutes=10):
-        with _DAY_LOCK:
-            cache = _DAY_CACHE.setdefault(world, {})
-            hit = cache.get(day)
-        if hit is not None:
-            return hit
     agg = Aggregator(world)
+    cache = agg.cache
+    settled = end <= world.now() - timedelta(minutes=10)
+    with cache.lock:
+        hit = cache.days.get(day) if settled else None
+        generation = cache.generation
+    if hit is not None:
+        return hit
     out: dict[str, dict[str, float]] = {}
     for dep in world.deployments:
         if dep.created_at >= end or (dep.deleted_at is not None and dep.deleted_at <= start):
@@ -376,9 +369,8 @@ def day_totals(world: Any, day: date) -> dict[str, dict[str, float]]:
             for k, v in agg.hour_totals(dep, start + timedelta(hours=h)).items():
                 acc[k] = acc.get(k, 0) + v
         out[f"{dep.resource.arm_id.lower()}/{dep.name}"] = acc
-    if cache is not None:
-        with _DAY_LOCK:
-            cache[day] = out
+    if settled:
+        cache.keep(cache.days, day, out, generation)
     return out
 
 

@@ -67,7 +67,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -303,13 +303,36 @@ class _Runtime:
 
 @dataclass
 class _AggCache:
-    """Aggregates of one world; shared by every state serving it and by ``emulator.costs``."""
+    """Aggregates of one world; shared by every state serving it and by ``emulator.costs``.
+
+    ``generation`` moves on each late call (``World.on_live``): an aggregate computed before
+    it may miss that call, so :meth:`keep` stores nothing computed in an older generation.
+    """
 
     minutes: OrderedDict[tuple[str, str, datetime], dict[tuple, list]] = field(
         default_factory=OrderedDict
     )
     hours: dict[tuple[str, str, datetime], dict[tuple, list]] = field(default_factory=dict)
+    days: dict[date, dict[str, dict[str, float]]] = field(default_factory=dict)
+    generation: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep(self, table: dict, key: Any, value: Any, generation: int) -> bool:
+        """Store ``value`` unless a late call arrived since it was computed."""
+        with self.lock:
+            if generation != self.generation:
+                return False
+            table[key] = value
+            return True
+
+    def forget(self, dep: Any, minute: datetime) -> None:
+        """Drop the minute, hour and day holding a late call, so the next query counts it."""
+        key = _dep_key(dep)
+        with self.lock:
+            self.generation += 1
+            self.minutes.pop((*key, minute), None)
+            self.hours.pop((*key, minute.replace(minute=0)), None)
+            self.days.pop(minute.date(), None)
 
 
 _FALLBACK_RUNTIMES: dict[int, _Runtime] = {}
@@ -335,6 +358,7 @@ def _cache(world: Any) -> _AggCache:
         c = _CACHES.get(world)
         if c is None:
             c = _CACHES[world] = _AggCache()
+            world.on_live(c.forget)
         return c
 
 
@@ -430,20 +454,22 @@ class Aggregator:
             if hit is not None:
                 c.minutes.move_to_end(key)
                 return hit
+            generation = c.generation
         agg = aggregate_records(self.world.requests_in_minute(dep, minute))
-        if cache and minute + _MINUTE <= self.settled:
+        if cache and minute + _MINUTE <= self.settled and c.keep(c.minutes, key, agg, generation):
             with c.lock:
-                c.minutes[key] = agg
                 while len(c.minutes) > _MINUTE_CACHE_MAX:
                     c.minutes.popitem(last=False)
         return agg
 
     def hour(self, dep: Any, hour: datetime) -> dict[tuple, list]:
         key = (*_dep_key(dep), hour)
-        hit = self.cache.hours.get(key)
-        if hit is not None:
-            return hit
         c = self.cache
+        with c.lock:
+            hit = c.hours.get(key)
+            if hit is not None:
+                return hit
+            generation = c.generation
         minutes = [(*_dep_key(dep), hour + i * _MINUTE) for i in range(60)]
         with c.lock:
             cached = [c.minutes.get(k) for k in minutes]
@@ -455,8 +481,7 @@ class Aggregator:
             rq = self.world.requests_in_minute
             agg = aggregate_records(r for i in range(60) for r in rq(dep, hour + i * _MINUTE))
         if hour + _HOUR <= self.settled:
-            with self.cache.lock:
-                self.cache.hours[key] = agg
+            c.keep(c.hours, key, agg, generation)
         return agg
 
     def hour_totals(self, dep: Any, hour: datetime) -> dict[str, float]:

@@ -346,6 +346,7 @@ class World:
         }
         self._live: dict[tuple[int, int], list[RequestRecord]] = {}
         self._live_lock = threading.Lock()
+        self._live_listeners: list[Callable[[Deployment, datetime], None]] = []
         self._generate = lru_cache(maxsize=cache_hours)(self._generate_hour)
 
     # ----------------------------------------------------------------------------- estate
@@ -562,10 +563,27 @@ class World:
             yield from batch
 
     def record_live(self, rec: RequestRecord) -> None:
-        """Add a served call to its minute, so metrics and logs include it."""
+        """Add a served call to its minute, so metrics and logs include it.
+
+        A call may land in a minute some cache already aggregated (Azure reports late data
+        the same way), so every :meth:`on_live` listener hears of the minute afterwards.
+        """
         idx = self._dep_index(rec.deployment)
         with self._live_lock:
             self._live.setdefault((idx, _epoch_minute(rec.time)), []).append(rec)
+            listeners = list(self._live_listeners)
+        minute = floor_minute(rec.time)
+        for listener in listeners:
+            listener(rec.deployment, minute)
+
+    def on_live(self, listener: Callable[[Deployment, datetime], None]) -> None:
+        """Call ``listener(deployment, minute)`` after each :meth:`record_live`.
+
+        Why: the emulator caches aggregates of settled minutes, hours and days; without this a
+        late call would be missing from every answer built from a cache filled before it.
+        """
+        with self._live_lock:
+            self._live_listeners.append(listener)
 
     def live_records(self) -> list[RequestRecord]:
         """Every served call recorded so far."""

@@ -86,9 +86,13 @@ def hold_next_metrics_run(faults: Faults, engine: Engine, alive: Callable[[], bo
     held: list[int] = []
 
     def in_flight() -> bool:
-        run_id = running_metrics_after(engine, last)
-        if run_id is not None and rule.fired:
-            held.append(run_id)
+        # fired first: a run read as 'running' before the slow call fired may be the scope
+        # before the held one, finishing meanwhile (a CI failure). Once the slow call is in
+        # flight, the only metrics run still 'running' is the one holding it.
+        if rule.fired:
+            run_id = running_metrics_after(engine, last)
+            if run_id is not None:
+                held.append(run_id)
         return bool(held)
 
     wait_for("metrics run in flight", in_flight, FAST["metrics_interval_s"] + 30, alive)

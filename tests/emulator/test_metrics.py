@@ -404,3 +404,48 @@ def test_endtime_before_starttime_is_rejected():
             now,
             M.MetricsOptions(),
         )
+
+
+def test_a_late_call_reaches_every_cached_aggregate():
+    """A call recorded into a minute the caches already hold (Azure's late data) shows up in the
+    next minute, hour and day answer; before the fix the cached aggregates hid it for good."""
+    from dataclasses import replace
+
+    from emulator import costs
+    from emulator.world import World
+
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    world = World(5, days=3, clock=now, resources=1, deployments_per_resource=2)
+    dep = next(d for d in world.deployments if d.active_at(now - timedelta(days=2)))
+    minute = datetime(2026, 11, 19, 10, 30, tzinfo=UTC)  # settled: cached on first read
+    hour, day = minute.replace(minute=0), minute.date()
+    key = f"{dep.resource.arm_id.lower()}/{dep.name}"
+
+    def counts() -> tuple[float, float, float]:
+        agg = M.Aggregator(world)
+        in_minute = sum(st[M._REQ * 4] for st in agg.minute(dep, minute).values())
+        return (
+            in_minute,
+            agg.hour_totals(dep, hour)["requests"],
+            costs.day_totals(world, day)[key]["requests"],
+        )
+
+    before = counts()
+    cache = M.Aggregator(world).cache
+    assert cache.days and cache.hours and cache.minutes, "the first read fills every cache"
+    template = next(iter(world.requests(minute - timedelta(hours=6), minute)))
+    world.record_live(replace(template, deployment=dep, time=minute + timedelta(seconds=20)))
+    assert counts() == tuple(n + 1 for n in before)
+
+
+def test_a_cache_fill_that_raced_a_late_call_is_not_kept():
+    """An aggregate computed before a late call arrived must not be stored after it."""
+    from emulator.world import World
+
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    world = World(5, days=3, clock=now, resources=1, deployments_per_resource=1)
+    cache = M.Aggregator(world).cache
+    generation = cache.generation
+    world.record_live(next(iter(world.requests(now - timedelta(hours=2), now))))
+    assert not cache.keep(cache.hours, ("r", "d", now), {}, generation)
+    assert cache.keep(cache.hours, ("r", "d", now), {}, cache.generation)
