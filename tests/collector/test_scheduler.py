@@ -68,29 +68,28 @@ def every_source_ran(engine: Engine, sources: set[str]) -> bool:
     return sources <= done
 
 
-def running_metrics_after(engine: Engine, after_id: int) -> int | None:
+def running_metrics(engine: Engine) -> int | None:
     with engine.connect() as conn:
         return conn.execute(
-            select(func.min(CollectorRun.id)).where(
-                CollectorRun.id > after_id,
-                CollectorRun.job == "metrics",
-                CollectorRun.status == "running",
+            select(func.max(CollectorRun.id)).where(
+                CollectorRun.job == "metrics", CollectorRun.status == "running"
             )
         ).scalar_one()
 
 
 def hold_next_metrics_run(faults: Faults, engine: Engine, alive: Callable[[], bool]) -> int:
-    """Slow down the next metrics call and return the id of the run it holds in flight."""
-    last = runs(engine)[-1].id
+    """Slow down the next metrics call and return the id of the run it holds in flight.
+
+    The slow call may belong to a run that started before the fault was set (its next call
+    is the one held; two CI failures picked the run after it). Metrics scopes run one after
+    another, so while the slow call is in flight the only metrics run 'running' is its own.
+    """
     rule = faults.add(endpoint="metrics", kind="slow", delay_s=SLOW_S, count=1)
     held: list[int] = []
 
     def in_flight() -> bool:
-        # fired first: a run read as 'running' before the slow call fired may be the scope
-        # before the held one, finishing meanwhile (a CI failure). Once the slow call is in
-        # flight, the only metrics run still 'running' is the one holding it.
         if rule.fired:
-            run_id = running_metrics_after(engine, last)
+            run_id = running_metrics(engine)
             if run_id is not None:
                 held.append(run_id)
         return bool(held)
@@ -105,6 +104,7 @@ def assert_clean_end(engine: Engine, held: int, stopped_at: datetime) -> None:
     assert not [r for r in all_runs if r.status == "running"], "runs left 'running'"
     finished = next(r for r in all_runs if r.id == held)
     assert finished.status == "ok", (finished.status, finished.error)
+    assert finished.duration_ms >= SLOW_S * 1000, "the held run is not the one the slow call held"
     assert finished.finished_at > stopped_at, "the in-flight run was not waited for"
     # a job in flight finishes its remaining scopes; nothing goes round a second time
     late = Counter((r.job, r.scope) for r in all_runs if r.started_at > stopped_at)
