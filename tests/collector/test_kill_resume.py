@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +37,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.orm import aliased
 
+from emulator.costs import schedule
 from emulator.server import EmulatorServer, isolated_env
 from models.db import make_engine
 from models.migrations import upgrade
@@ -54,6 +56,7 @@ from tests.conftest import PG_URL
 EXE = shutil.which("foundry-watch", path=str(Path(sys.executable).parent))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAYS = 2
+SEED = 42
 #: Longest request the emulator generates is well under this; requests are compared from
 #: ``lo`` on, so one that started before a run's window but was logged inside it never counts.
 MARGIN = timedelta(minutes=15)
@@ -65,15 +68,30 @@ WORLD = {"deployments_per_resource": 2, "requests_per_day": 300}
 # ------------------------------------------------------------------------------ helpers
 
 
-def pinned_now() -> datetime:
-    """A whole minute a few minutes ago: every collector window (which ends at its real now
-    minus a settle minute) reaches past it, so all runs read the world up to its very end."""
-    return (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
+def pinned_now(days: int = DAYS) -> datetime:
+    """A whole minute a few minutes ago (every collector window, which ends at its real now
+    minus a settle minute, reaches past it, so all runs read the world up to its very end) —
+    or an hour earlier, and so on, until Cost Management has billed a day of the ``days``-day
+    window. Marketplace costs appear 1–3 days late (``emulator.costs.schedule``): just after
+    midnight UTC a 2-day window can hold no billed day, and the stores would be compared
+    without a single cost row (a CI failure at 00:30 UTC)."""
+    world = SimpleNamespace(seed=SEED)
+    now = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
+    while not any(
+        schedule(world, day).first_report_at <= now
+        for day in _days((now - timedelta(days=days)).date(), now.date() - timedelta(days=1))
+    ):
+        now -= timedelta(hours=1)
+    return now
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 @contextmanager
 def pinned_emulator(**world: Any) -> Iterator[EmulatorServer]:
-    server = EmulatorServer(seed=42, port=0, clock=pinned_now(), **{**WORLD, **world})
+    server = EmulatorServer(seed=SEED, port=0, clock=pinned_now(), **{**WORLD, **world})
     server.start()
     try:
         yield server
