@@ -305,8 +305,9 @@ class _Runtime:
 class _AggCache:
     """Aggregates of one world; shared by every state serving it and by ``emulator.costs``.
 
-    ``generation`` moves on each late call (``World.on_live``): an aggregate computed before
-    it may miss that call, so :meth:`keep` stores nothing computed in an older generation.
+    A late call (``World.on_live``) drops the minute, hour and day it lands in and marks them
+    with a new ``generation``: an aggregate of one of them computed before that may miss the
+    call, so :meth:`keep` refuses it. Other keys keep caching under steady live traffic.
     """
 
     minutes: OrderedDict[tuple[str, str, datetime], dict[tuple, list]] = field(
@@ -315,24 +316,30 @@ class _AggCache:
     hours: dict[tuple[str, str, datetime], dict[tuple, list]] = field(default_factory=dict)
     days: dict[date, dict[str, dict[str, float]]] = field(default_factory=dict)
     generation: int = 0
+    touched: dict[Any, int] = field(default_factory=dict)  # key -> generation of its late call
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def keep(self, table: dict, key: Any, value: Any, generation: int) -> bool:
-        """Store ``value`` unless a late call arrived since it was computed."""
+        """Store ``value`` (computed at ``generation``) unless a late call touched ``key``
+        since."""
         with self.lock:
-            if generation != self.generation:
+            if self.touched.get(key, -1) > generation:
                 return False
             table[key] = value
             return True
 
     def forget(self, dep: Any, minute: datetime) -> None:
         """Drop the minute, hour and day holding a late call, so the next query counts it."""
-        key = _dep_key(dep)
+        dep_key = _dep_key(dep)
         with self.lock:
             self.generation += 1
-            self.minutes.pop((*key, minute), None)
-            self.hours.pop((*key, minute.replace(minute=0)), None)
-            self.days.pop(minute.date(), None)
+            for table, key in (
+                (self.minutes, (*dep_key, minute)),
+                (self.hours, (*dep_key, minute.replace(minute=0))),
+                (self.days, minute.date()),
+            ):
+                table.pop(key, None)
+                self.touched[key] = self.generation
 
 
 _FALLBACK_RUNTIMES: dict[int, _Runtime] = {}

@@ -439,13 +439,18 @@ def test_a_late_call_reaches_every_cached_aggregate():
 
 
 def test_a_cache_fill_that_raced_a_late_call_is_not_kept():
-    """An aggregate computed before a late call arrived must not be stored after it."""
-    from emulator.world import World
+    """An aggregate computed before a late call arrived must not be stored after it; other
+    keys, and fills begun after it, are kept (steady live traffic must not stop all caching)."""
+    from emulator.world import World, floor_minute
 
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     world = World(5, days=3, clock=now, resources=1, deployments_per_resource=1)
     cache = M.Aggregator(world).cache
-    generation = cache.generation
-    world.record_live(next(iter(world.requests(now - timedelta(hours=2), now))))
-    assert not cache.keep(cache.hours, ("r", "d", now), {}, generation)
-    assert cache.keep(cache.hours, ("r", "d", now), {}, cache.generation)
+    rec = next(iter(world.requests(now - timedelta(hours=2), now)))
+    hour = floor_minute(rec.time).replace(minute=0)
+    key = (rec.deployment.resource.arm_id.lower(), rec.deployment.name, hour)
+    before = cache.generation
+    world.record_live(rec)
+    assert not cache.keep(cache.hours, key, {}, before)
+    assert cache.keep(cache.hours, (*key[:2], hour - timedelta(hours=1)), {}, before)
+    assert cache.keep(cache.hours, key, {}, cache.generation)
