@@ -74,7 +74,7 @@ def pinned_now(days: int = DAYS) -> datetime:
     or an hour earlier, and so on, until Cost Management has billed a day of the ``days``-day
     window. Marketplace costs appear 1–3 days late (``emulator.costs.schedule``): just after
     midnight UTC a 2-day window can hold no billed day, and the stores would be compared
-    without a single cost row (a CI failure at 00:30 UTC)."""
+    without a single cost row (it failed so at 00:30 UTC)."""
     world = SimpleNamespace(seed=SEED)
     now = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
     while not any(

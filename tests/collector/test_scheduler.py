@@ -81,7 +81,7 @@ def hold_next_metrics_run(faults: Faults, engine: Engine, alive: Callable[[], bo
     """Slow down the next metrics call and return the id of the run it holds in flight.
 
     The slow call may belong to a run that started before the fault was set (its next call
-    is the one held; two CI failures picked the run after it). Metrics scopes run one after
+    is the one held; two failed runs picked the run after it). Metrics scopes run one after
     another, so while the slow call is in flight the only metrics run 'running' is its own.
     """
     rule = faults.add(endpoint="metrics", kind="slow", delay_s=SLOW_S, count=1)

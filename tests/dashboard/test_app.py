@@ -210,7 +210,7 @@ def test_spend_page_billed_estimated_gap_and_budget(world, open_app) -> None:
     assert metric(at, "Reconciliation gap") == ui.money(float(gap))
     assert billed > 0
     # unbilled spend too, unless every recent request (they end an hour before now) fell on
-    # yesterday, a billed day: the first hour of a UTC day (a CI failure at 00:40 UTC)
+    # yesterday, a billed day: the first hour of a UTC day (it failed so at 00:40 UTC)
     assert pending > 0 or not any(day == last for _dep, day in in_range)
 
     per = at.dataframe[0].value.set_index("deployment")
