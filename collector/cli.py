@@ -430,6 +430,9 @@ def emulator(
     serve_emulator(host=host, port=port, seed=seed, data_dir=data_dir)
 
 
+DASHBOARD_APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+
+
 def streamlit_command(host: str, port: int) -> list[str]:
     """``streamlit run`` of the dashboard on ``host:port``, headless, no usage statistics (the
     browser tests start the dashboard with the same command)."""
@@ -448,9 +451,6 @@ def streamlit_command(host: str, port: int) -> list[str]:
         "--browser.gatherUsageStats",
         "false",
     ]
-
-
-DASHBOARD_APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
 @app.command()

@@ -273,7 +273,6 @@ def _wait_back_home(driver, base: str, timeout: float = 30) -> None:
 
 
 def test_allowed_user_signs_in_and_sees_the_dashboard(browser, site, standin, store) -> None:
-
     _url, world = store
     before = _sign_in(browser, site, standin, ALICE, world)
     body = _wait_for(browser, ["Signed in as Alice@Contoso.com", *DASHBOARD, "Spend month to date"])

@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.monitor.querymetrics import MetricAggregationType, MetricsClient
 
+from emulator import costs
 from emulator import metrics as M
+from emulator.world import World, floor_minute
 
 NS = "Microsoft.CognitiveServices/accounts"
 
@@ -409,11 +412,6 @@ def test_endtime_before_starttime_is_rejected():
 def test_a_late_call_reaches_every_cached_aggregate():
     """A call recorded into a minute the caches already hold (Azure's late data) shows up in the
     next minute, hour and day answer; before the fix the cached aggregates hid it for good."""
-    from dataclasses import replace
-
-    from emulator import costs
-    from emulator.world import World
-
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     world = World(5, days=3, clock=now, resources=1, deployments_per_resource=2)
     dep = next(d for d in world.deployments if d.active_at(now - timedelta(days=2)))
@@ -441,8 +439,6 @@ def test_a_late_call_reaches_every_cached_aggregate():
 def test_a_cache_fill_that_raced_a_late_call_is_not_kept():
     """An aggregate computed before a late call arrived must not be stored after it; other
     keys, and fills begun after it, are kept (steady live traffic must not stop all caching)."""
-    from emulator.world import World, floor_minute
-
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     world = World(5, days=3, clock=now, resources=1, deployments_per_resource=1)
     cache = M.Aggregator(world).cache
