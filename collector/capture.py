@@ -30,10 +30,11 @@ bytes only for ``usage`` and the error type.
 
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
-keeps references: per chunk, one list append (plus, until the first delta of a stream, one
-substring search for the TTFT); at the end, one flat tuple of the few facts goes into a bounded
-buffer (when it is full the record is dropped and counted, never waited for). Parsing headers
-and usage, formatting times and JSON encoding happen on a background writer thread, which
+keeps references: per chunk, one list append (with the chunk's arrival time for the first
+``_HEAD_CHUNKS``, from which the writer finds the TTFT); at the end, one tuple of atoms, flat
+tuples and the kept chunks goes into a bounded buffer (when it is full the record is dropped
+and counted, never waited for). Joining and searching the chunks, picking headers, parsing
+usage, formatting times and JSON encoding happen on a background writer thread, which
 releases the GIL every few records, so a slow or broken disk neither slows nor breaks the
 application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
 path.{backups}``; one writer thread per path per process; several processes may share a path
@@ -61,6 +62,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import chain, filterfalse, islice
+from time import perf_counter
 from typing import Any, NamedTuple
 
 __all__ = ["Spool", "flush", "instrument", "spool_stats", "transport"]
@@ -78,6 +80,9 @@ _FULL_PARSE_MAX = 64 * 1024
 _TAIL_KEEP = 16 * 1024
 #: A stream's first chunks are kept up to this many bytes (``message_start``, the first delta).
 _HEAD_MAX = 64 * 1024
+#: The first chunks, kept with their arrival times (the TTFT is the time of the one holding
+#: the first delta); a stream's first events, message_start included, are in them.
+_HEAD_CHUNKS = 16
 #: After the head, chunks are collected in a list cut to its last ``_TAIL_KEEP`` bytes whenever
 #: it holds more chunks than this (amortised: no per-chunk size bookkeeping).
 _TAIL_CHUNKS = 16
@@ -113,6 +118,7 @@ _SSE_EVENTS_MAX = 16
 #: Bytes the spool's buffer may hold (JSON bodies and SSE lines awaiting the writer).
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
 _DECODER = json.JSONDecoder()
+_CHUNK = operator.itemgetter(0)
 
 
 def _unserializable(value: Any) -> Any:
@@ -281,6 +287,7 @@ class Spool:
                         self._write_batch(batch)
                     except Exception as exc:  # never let the thread die
                         self._fail(len(batch), exc)
+                    del batch  # what the records referenced is freed now, not at the next wake
             finally:
                 self.writer_cpu += time.thread_time() - c0
                 self._busy = False
@@ -300,8 +307,9 @@ class Spool:
             for n, (record, _) in enumerate(batch, 1):
                 try:
                     line = None
-                    if type(record) is tuple:  # an attempt's facts
-                        record = _settle(record)
+                    if type(record) is not dict:  # an attempt's facts
+                        if type(record) is tuple:
+                            record = _settle(record)
                         try:
                             line = _line(record, logged)  # a stream's usual shape
                         except Exception:
@@ -481,12 +489,12 @@ class _Attempt:
     """One HTTP attempt, from the application's side: time stamps, references, then one tuple.
 
     While the call runs, only references are kept (the request, the response's headers, its first
-    and last chunks). When it ends, :meth:`_finish` copies the few facts the record needs into one
-    flat tuple of strings, bytes and numbers (unpacked by :func:`_finalize`) for the spool's
-    buffer: no object graph stays alive while it waits for the writer (such survivors make the
-    garbage collector run more often and promote them to older generations). The writer thread
-    turns the tuple into the record: ``usage``, ``model``, error type, JSON.
-    Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per attempt.
+    and last chunks). When it ends, :meth:`_finish` queues one tuple of atoms, flat tuples and
+    the two lists of kept chunks for the spool's buffer: no request, headers or exception object
+    stays alive while it waits for the writer. The writer thread turns the tuple into the record
+    (:func:`_settle`, then :func:`_line` or :func:`_finalize`): ``usage``, ``model``, TTFT, error
+    type, JSON. Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per
+    attempt.
     """
 
     # Class-level defaults: an attribute set only when it happens costs nothing otherwise.
@@ -511,29 +519,43 @@ class _Attempt:
         self.tail: list[bytes] = []
 
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
-        """The end of the attempt: stamp it and hand its facts to the spool (never raises)."""
+        """The end of the attempt: stamp it and queue what the record needs (never raises).
+
+        Measured (``python -m benchmarks capture``): on the request path our code runs between
+        the SDK's own work with cold caches, where each call and copy costs several times what
+        it costs in a loop, so this is one call-free block. It queues atoms and flat tuples
+        only: the request's body (for its ``model``), its URL's parsed parts, the retry count's
+        raw bytes, a C-level snapshot of the response headers, and the kept chunks. Queuing the
+        request and headers objects themselves costs less here but measured more in total: the
+        writer then reads and frees them cold. The exception goes by name (no traceback waits).
+        """
         if self.done:
             return
         self.done = True
-        t_end = time.perf_counter()
+        t_end = perf_counter()
+        spool = self.spool
         try:
             request = self.request
-            body = getattr(request, "_content", None)  # absent: a streamed upload
-            model = None
-            if body is not None and len(body) > _BODY_DEFER_MAX:
-                model, body = _model_of(body), None  # too big to hold for the writer
             head, tail = self.head, self.tail
-            head_bytes = (head[0] if len(head) == 1 else b"".join(head)) if head else b""
-            tail_bytes = (tail[0] if len(tail) == 1 else b"".join(tail)) if tail else b""
-            cut = self.cut
-            if not self.sse and len(head_bytes) + len(tail_bytes) > _FULL_PARSE_MAX:
-                # A large JSON body: only its end is kept (``usage`` follows ``content``).
-                tail_bytes = (tail_bytes if cut else head_bytes + tail_bytes)[-_TAIL_KEEP:]
-                head_bytes, cut = b"", True
-            elif len(tail_bytes) > _TAIL_KEEP:
-                tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
+            body = getattr(request, "_content", None)  # absent: a streamed upload
+            kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
+            weight = kept + (len(body) if body else 0)
+            sent = getattr(request.headers, "_list", None)
+            retry = None
+            if type(sent) is list:
+                # The SDK's x-stainless-retry-count sits at the same index call after call.
+                at = _RETRY_AT[0]
+                if at < len(sent) and sent[at][1] == _RETRY_NAME:
+                    retry = sent[at][2]
+                else:
+                    for at, entry in enumerate(sent):
+                        if entry[1] == _RETRY_NAME:
+                            retry, _RETRY_AT[0] = entry[2], at
+                            break
+            else:
+                retry = request.headers.get("x-stainless-retry-count")
             headers = self.headers
-            facts = (
+            facts: tuple = (
                 self.wall,
                 self.t0,
                 self.t_head,
@@ -542,30 +564,54 @@ class _Attempt:
                 self.status,
                 complete,
                 "" if error is None else type(error).__name__,
-                self.resource or _resource_of(request.url),
-                _retry_count(request.headers),
+                self.resource or getattr(request.url, "_uri_reference", None) or request.url,
+                retry,
                 body,
-                model,
-                head_bytes,
-                tail_bytes,
-                cut,
-                self.sse,
                 None if headers is None else _entries(headers),
+                head,
+                tail,
+                self.cut,
+                self.sse,
             )
-            weight = len(head_bytes) + len(tail_bytes) + (len(body) if body else 0)
-            self.spool.put(facts, weight)
+            if kept > _FULL_PARSE_MAX or weight - kept > _BODY_DEFER_MAX:
+                # a large response or request: cut it (and read the model) now, so that the
+                # buffer holds only the bytes the writer reads
+                facts = _settle(facts)
+                weight = len(facts.head) + len(facts.tail) + len(facts.body or b"")
+            # Spool.put, inline (the same checks; see there)
+            if spool._thread is None:
+                spool._start()
+            buffer = spool._buffer
+            if len(buffer) >= spool.capacity:
+                spool.dropped += 1
+                return
+            if weight:
+                with spool._held_lock:
+                    if spool._held + weight > spool.max_buffer_bytes:
+                        spool.dropped += 1
+                        return
+                    spool._held += weight
+            buffer.append((facts, weight))
         except Exception:  # the application never sees a capture failure
-            self.spool.errors += 1
+            spool.errors += 1
+
+
+_RETRY_NAME = b"x-stainless-retry-count"
+#: Where the retry count was last found in the request's header list (a hint, not a truth).
+_RETRY_AT = [0]
 
 
 class _SyncObserved(_Attempt):
     """Passes the network stream through untouched, keeping the chunks that matter.
 
-    Per chunk on the request path: until the first ``content_block_delta`` of a stream (its time
-    is the TTFT) the chunk is kept and searched; after it, the chunk is appended (by C code:
-    ``filterfalse``/``islice``, no bytecode of ours per chunk) to a short list that is cut to its
-    last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last
-    events). No parsing, no per-chunk method call.
+    Per chunk on the request path, no search and no parsing: the first ``_HEAD_CHUNKS``
+    chunks are kept with the time each arrived (the writer finds the first
+    ``content_block_delta`` in them and takes its chunk's time as the TTFT); later chunks go to a
+    short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP`` bytes
+    every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). Only a stream whose
+    first delta is not among its first chunks (a stream split into tiny chunks) is searched
+    chunk by chunk until that delta. (Stamping the head through ``zip`` with a callable
+    iterator over ``perf_counter``, all C, measured slower than this loop.)
     """
 
     def __iter__(self) -> Iterator[bytes]:
@@ -573,38 +619,25 @@ class _SyncObserved(_Attempt):
         tail = self.tail
         try:
             chunks = iter(self.inner)
-            size = 0
-            carry = b""
-            kind = 0  # 0 not seen yet, 1 JSON, 2 SSE
             for chunk in chunks:
-                head.append(chunk)
-                size += len(chunk)
-                if kind == 0:
-                    first = chunk.lstrip()[:1]
-                    if first:
-                        kind = 1 if first in b"{[" else 2
-                        self.sse = kind == 2
-                if kind == 2:
-                    window = carry + chunk if carry else chunk
-                    if _TTFT_MARK in window:
-                        self.ttft = time.perf_counter()
-                        yield chunk
-                        break
-                    carry = window[-_MARK_CARRY:]
-                if size >= _HEAD_MAX:
-                    yield chunk
-                    break
+                head.append((chunk, perf_counter()))
                 yield chunk
-            while True:
-                # Up to the next cut, the chunks are passed on and kept by C code
-                # (``filterfalse`` calls ``tail.append``, which returns None, on each one and
-                # yields them all): no bytecode of this loop runs per chunk.
-                room = _TAIL_CHUNKS + 1 - len(tail)
-                yield from filterfalse(tail.append, islice(chunks, room))
-                if len(tail) <= _TAIL_CHUNKS:
-                    break  # the stream ended short of a cut
-                tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
-                self.cut = True
+                if len(head) == _HEAD_CHUNKS:
+                    break
+            else:
+                chunks = None  # the stream ended within its head
+            if chunks is not None:
+                yield from self._until_first_delta(chunks)
+                while True:
+                    # Up to the next cut, the chunks are passed on and kept by C code
+                    # (``filterfalse`` calls ``tail.append``, which returns None, on each one
+                    # and yields them all): no bytecode of this loop runs per chunk.
+                    room = _TAIL_CHUNKS + 1 - len(tail)
+                    yield from filterfalse(tail.append, islice(chunks, room))
+                    if len(tail) <= _TAIL_CHUNKS:
+                        break  # the stream ended short of a cut
+                    tail[:] = (b"".join(tail)[-_TAIL_KEEP:],)
+                    self.cut = True
         except GeneratorExit:
             self._finish(False)
             raise
@@ -612,6 +645,30 @@ class _SyncObserved(_Attempt):
             self._finish(False, exc)
             raise
         self._finish(True)
+
+    def _until_first_delta(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """An event stream whose first chunks held no delta: search on, chunk by chunk, until
+        the first delta (its time is the TTFT) or ``_HEAD_MAX`` bytes of head."""
+        head = self.head
+        data = b"".join(map(_CHUNK, head))
+        first = data.lstrip()[:1]
+        if not first or first in b"{[" or _TTFT_MARK in data:
+            return
+        self.sse = True
+        size = len(data)
+        carry = data[-_MARK_CARRY:]
+        for chunk in chunks:
+            head.append((chunk, 0.0))
+            size += len(chunk)
+            window = carry + chunk
+            if _TTFT_MARK in window:
+                self.ttft = perf_counter()
+                yield chunk
+                return
+            carry = window[-_MARK_CARRY:]
+            yield chunk
+            if size >= _HEAD_MAX:
+                return
 
     def close(self) -> None:
         try:
@@ -632,7 +689,7 @@ class _AsyncObserved(_Attempt):
             carry = b""
             kind = 0
             async for chunk in chunks:
-                head.append(chunk)
+                head.append((chunk, 0.0))
                 size += len(chunk)
                 if kind == 0:
                     first = chunk.lstrip()[:1]
@@ -642,7 +699,7 @@ class _AsyncObserved(_Attempt):
                 if kind == 2:
                     window = carry + chunk if carry else chunk
                     if _TTFT_MARK in window:
-                        self.ttft = time.perf_counter()
+                        self.ttft = perf_counter()
                         yield chunk
                         break
                     carry = window[-_MARK_CARRY:]
@@ -692,7 +749,7 @@ def _observe(attempt: _Attempt, response: Any) -> None:
     attempt.headers = response.headers
     content = getattr(response, "_content", None)
     if isinstance(content, bytes):
-        attempt.head.append(content)
+        attempt.head.append((content, attempt.t_head))
         attempt._finish(True)
     else:
         attempt.inner = response.stream
@@ -857,24 +914,67 @@ class _Facts(NamedTuple):
 
 def _settle(raw: tuple) -> _Facts:
     """The facts of an attempt as :func:`_finalize` and :func:`_line` read them, from what
-    :meth:`_Attempt._finish` left on the request path (the response headers' snapshot instead
-    of their values: picking the five names out is the writer's work, not the application's)."""
-    response_headers = raw[-1]
-    values = [None] * 5 if response_headers is None else _wanted(response_headers, _RESPONSE_NAMES)
-    return _Facts(*raw[:-1], *values)
+    :meth:`_Attempt._finish` queued: the resource from the URL's parts, the attempt number, the
+    five response headers wanted from the snapshot, the model of a large body, the kept chunks
+    joined and cut to size, the TTFT from the head's arrival times."""
+    (wall, t0, t_head, ttft, t_end, status, complete, error, where, retry, body) = raw[:11]
+    snapshot, head, tail, cut, sse = raw[11:]
+    model = None
+    if body is not None and len(body) > _BODY_DEFER_MAX:
+        model, body = _model_of(body), None
+    head_bytes = (head[0][0] if len(head) == 1 else b"".join(map(_CHUNK, head))) if head else b""
+    tail_bytes = (tail[0] if len(tail) == 1 else b"".join(tail)) if tail else b""
+    if not sse:
+        first = head_bytes.lstrip()[:1]
+        sse = bool(first) and first not in b"{["
+        if sse and not ttft:
+            ttft = _arrival_of(head, head_bytes.find(_TTFT_MARK))
+    if sse and tail_bytes and not cut:
+        # The whole stream is here: read as one, as the head's chunks may already hold the
+        # final events (the head is a count of chunks, not "up to the first delta").
+        head_bytes, tail_bytes = head_bytes + tail_bytes, b""
+    if not sse and len(head_bytes) + len(tail_bytes) > _FULL_PARSE_MAX:
+        # A large JSON body: only its end is read (``usage`` follows ``content``).
+        tail_bytes = (tail_bytes if cut else head_bytes + tail_bytes)[-_TAIL_KEEP:]
+        head_bytes, cut = b"", True
+    elif len(tail_bytes) > _TAIL_KEEP:
+        tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
+    values = [None] * 5 if snapshot is None else _wanted(snapshot, _RESPONSE_NAMES)
+    if type(retry) is bytes:
+        retry = retry.decode("latin-1")
+    return _Facts(
+        wall,
+        t0,
+        t_head,
+        ttft,
+        t_end,
+        status,
+        complete,
+        error,
+        where if type(where) is str else _resource_of(where),
+        retry,
+        body,
+        model,
+        head_bytes,
+        tail_bytes,
+        cut,
+        sse,
+        *values,
+    )
 
 
-def _retry_count(headers: Any) -> str | None:
-    """The SDK's ``x-stainless-retry-count`` (a list search in C: one header of ~20 wanted)."""
-    entries = getattr(headers, "_list", None)
-    if type(entries) is list and (not entries or len(entries[0]) == 3):
-        try:
-            index = list(map(_LOWER, entries)).index(b"x-stainless-retry-count")
-        except ValueError:
-            return None
-        return entries[index][2].decode("latin-1")
-    value = headers.get("x-stainless-retry-count")
-    return value if isinstance(value, str) else None
+def _arrival_of(head: list[tuple[bytes, float]], pos: int) -> float:
+    """When the chunk that completed the mark found at ``pos`` of the joined head arrived
+    (0.0 when there is no mark, or no time was taken for that chunk)."""
+    if pos < 0:
+        return 0.0
+    end = pos + len(_TTFT_MARK)
+    seen = 0
+    for chunk, arrived in head:
+        seen += len(chunk)
+        if seen >= end:
+            return arrived
+    return 0.0
 
 
 def _finalize(f: _Facts) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import anthropic
@@ -502,27 +503,36 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-def _atoms(value: object) -> bool:
-    if type(value) is tuple:  # a header snapshot: bytes only, no nesting
-        return all(type(part) is bytes for part in value)
-    return isinstance(value, (str, bytes, int, float, type(None)))
+def _flat(value: object) -> bool:
+    """An atom, or a tuple of atoms (a header snapshot, a URL's parsed parts)."""
+    atoms = (str, bytes, int, float, type(None))
+    if isinstance(value, tuple):
+        return all(isinstance(part, atoms) for part in value)
+    return isinstance(value, atoms)
 
 
 def test_queued_attempts_hold_no_objects(tmp_path: Path) -> None:
-    """What waits for the writer is one tuple of atoms and header snapshots that are flat tuples
-    of bytes (no headers, URL or request objects kept alive; nothing for the garbage collector
-    to trace after its second look), and no prompt beyond the body bytes that the writer reads
-    only for ``model``."""
+    """What waits for the writer is one tuple of atoms, flat tuples (the response headers'
+    snapshot, the URL's parts) and the two lists of kept chunks: no request, headers, stream or
+    exception object stays alive for the writer, no key or prompt beyond the body bytes that
+    the writer reads only for ``model``."""
     path = tmp_path / "flat.jsonl"
     spool = _held_back(path)
     http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
-    http.post("https://r.services.ai.azure.com/anthropic/v1/messages", json={"model": "m"})
+    response = http.post(
+        "https://r.services.ai.azure.com/anthropic/v1/messages",
+        json={"model": "m"},
+        headers={"api-key": "secret-key-1"},
+    )
     ((facts, weight),) = spool._buffer
-    assert type(facts) is tuple
-    assert all(_atoms(x) for x in facts)
+    lists = [x for x in facts if type(x) is list]
+    assert len(lists) == 2 and all(_flat(x) for x in facts if type(x) is not list)
+    assert all(_flat(pair) for pair in lists[0]) and all(type(c) is bytes for c in lists[1])
+    assert b"secret-key-1" not in repr(facts).encode()
+    request = weakref.ref(response.request)
+    del response
     gc.collect()
-    gc.collect()  # the snapshots are untracked at the first pass, the tuple holding them next
-    assert not gc.is_tracked(facts)
+    assert request() is None  # the writer will not need it
     assert weight == spool._held > 0
     _release(spool)
     (rec,) = records(path)
@@ -553,7 +563,10 @@ def test_long_stream_keeps_only_its_head_and_tail(tmp_path: Path) -> None:
     http = capture.instrument(httpx2.Client(transport=transport), spool=path)
     with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
         assert b"".join(r.iter_raw()) == body
-    assert spool._held <= 20 * 1024
+    # held: the first chunks, and the last 16 KB plus up to a cut's worth of chunks
+    largest = max(map(len, chunks))
+    held_max = capture._TAIL_KEEP + (capture._HEAD_CHUNKS + capture._TAIL_CHUNKS) * largest
+    assert 0 < spool._held <= held_max < 32 * 1024
     _release(spool)
     (rec,) = records(path)
     assert rec["usage"] == {"input_tokens": 9, "output_tokens": 3000}
@@ -781,4 +794,22 @@ def test_tail_is_kept_across_cuts(tmp_path: Path, tail_chunks: int) -> None:
         assert list(r.iter_raw()) == chunks
     (rec,) = records(path)
     assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
+    capture._SPOOLS.pop(str(path)).close()
+
+
+@pytest.mark.parametrize("deltas", range(8, 22))
+def test_one_event_per_chunk_around_the_head(tmp_path: Path, deltas: int) -> None:
+    """One event per chunk, so that ``message_delta`` falls inside, at the end of and after
+    the kept head: the final usage is found wherever it fell, and the TTFT is the first
+    delta's arrival."""
+    body = _sse(_START, _BLOCK, *[_DELTA] * deltas, _END, {"type": "message_stop"})
+    chunks = [event + b"\n\n" for event in body.split(b"\n\n")[:-1]]
+    path = tmp_path / "events.jsonl"
+    transport = _mock_transport(chunks, "text/event-stream")
+    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
+    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
+        assert list(r.iter_raw()) == chunks
+    (rec,) = records(path)
+    assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
+    assert rec["stream"] is True and 0 < rec["ttfb_ms"] <= rec["ttft_ms"] <= rec["latency_ms"]
     capture._SPOOLS.pop(str(path)).close()
