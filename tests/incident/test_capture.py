@@ -797,7 +797,7 @@ def test_tail_is_kept_across_cuts(tmp_path: Path, tail_chunks: int) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-@pytest.mark.parametrize("deltas", range(8, 22))
+@pytest.mark.parametrize("deltas", range(1, 22))
 def test_one_event_per_chunk_around_the_head(tmp_path: Path, deltas: int) -> None:
     """One event per chunk, so that ``message_delta`` falls inside, at the end of and after
     the kept head: the final usage is found wherever it fell, and the TTFT is the first
