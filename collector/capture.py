@@ -33,8 +33,9 @@ buffered); everything the capture does is inside ``try``. The request path only 
 keeps references: per chunk, one list append (with the chunk's arrival time for the first
 ``_HEAD_CHUNKS``, from which the writer finds the TTFT); at the end, one tuple of atoms, flat
 tuples and the kept chunks goes into a bounded buffer (when it is full the record is dropped
-and counted, never waited for). Joining and searching the chunks, picking headers, parsing
-usage, formatting times and JSON encoding happen on a background writer thread, which
+and counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
+first). Joining and searching the chunks, picking headers, parsing usage, formatting times and
+JSON encoding happen on a background writer thread, which
 releases the GIL every few records, so a slow or broken disk neither slows nor breaks the
 application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
 path.{backups}``; one writer thread per path per process; several processes may share a path
@@ -78,10 +79,11 @@ _BATCH = 2_000
 _FULL_PARSE_MAX = 64 * 1024
 #: Bytes of a body's end kept for the ``usage`` search (a large JSON body, a long stream).
 _TAIL_KEEP = 16 * 1024
-#: A stream's first chunks are kept up to this many bytes (``message_start``, the first delta).
+#: The head (a body's first chunks) stops at this many bytes (or ``_HEAD_CHUNKS`` chunks).
 _HEAD_MAX = 64 * 1024
 #: The first chunks, kept with their arrival times (the TTFT is the time of the one holding
-#: the first delta); a stream's first events, message_start included, are in them.
+#: the first delta); a stream's first events, message_start included, are in them. A stream
+#: whose first delta comes later is searched on chunk by chunk, up to ``_HEAD_MAX`` bytes.
 _HEAD_CHUNKS = 16
 #: After the head, chunks are collected in a list cut to its last ``_TAIL_KEEP`` bytes whenever
 #: it holds more chunks than this (amortised: no per-chunk size bookkeeping).
@@ -307,7 +309,7 @@ class Spool:
             for n, (record, _) in enumerate(batch, 1):
                 try:
                     line = None
-                    if type(record) is not dict:  # an attempt's facts
+                    if isinstance(record, tuple):  # an attempt's facts
                         if type(record) is tuple:
                             record = _settle(record)
                         try:
@@ -515,7 +517,7 @@ class _Attempt:
         self.request = request
         self.wall = wall
         self.t0 = t0
-        self.head: list[bytes] = []
+        self.head: list[tuple[bytes, float]] = []  # (chunk, arrival time or 0.0)
         self.tail: list[bytes] = []
 
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
@@ -537,6 +539,8 @@ class _Attempt:
         try:
             request = self.request
             head, tail = self.head, self.tail
+            if len(head) > _HEAD_CHUNKS:  # a head of many chunks (see _rest_of_head): one piece
+                head = [(b"".join(map(_CHUNK, head)), 0.0)]
             body = getattr(request, "_content", None)  # absent: a streamed upload
             kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
             weight = kept + (len(body) if body else 0)
@@ -608,10 +612,13 @@ class _SyncObserved(_Attempt):
     chunks are kept with the time each arrived (the writer finds the first
     ``content_block_delta`` in them and takes its chunk's time as the TTFT); later chunks go to a
     short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP`` bytes
-    every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). Only a stream whose
-    first delta is not among its first chunks (a stream split into tiny chunks) is searched
-    chunk by chunk until that delta. (Stamping the head through ``zip`` with a callable
-    iterator over ``perf_counter``, all C, measured slower than this loop.)
+    every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). A JSON body's head,
+    and that of a stream whose first delta is not among its first chunks (a stream split into
+    tiny chunks, searched chunk by chunk until that delta), go on to ``_HEAD_MAX`` bytes
+    (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX`` bytes kept are cut to
+    what the writer reads at the end of the call, on the request path. (Stamping the head
+    through ``zip`` with a callable iterator over ``perf_counter``, all C, measured slower than
+    this loop.)
     """
 
     def __iter__(self) -> Iterator[bytes]:
@@ -619,15 +626,17 @@ class _SyncObserved(_Attempt):
         tail = self.tail
         try:
             chunks = iter(self.inner)
+            size = 0
             for chunk in chunks:
                 head.append((chunk, perf_counter()))
                 yield chunk
-                if len(head) == _HEAD_CHUNKS:
+                size += len(chunk)
+                if len(head) == _HEAD_CHUNKS or size >= _HEAD_MAX:
                     break
             else:
                 chunks = None  # the stream ended within its head
             if chunks is not None:
-                yield from self._until_first_delta(chunks)
+                yield from self._rest_of_head(chunks)
                 while True:
                     # Up to the next cut, the chunks are passed on and kept by C code
                     # (``filterfalse`` calls ``tail.append``, which returns None, on each one
@@ -646,16 +655,28 @@ class _SyncObserved(_Attempt):
             raise
         self._finish(True)
 
-    def _until_first_delta(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """An event stream whose first chunks held no delta: search on, chunk by chunk, until
-        the first delta (its time is the TTFT) or ``_HEAD_MAX`` bytes of head."""
+    def _rest_of_head(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """After the first chunks, the head goes on (up to ``_HEAD_MAX`` bytes) for a JSON body
+        (read whole when it is small; the response's ``model`` is at its start) and for an event
+        stream whose first chunks held no delta (searched chunk by chunk for it: its time is the
+        TTFT)."""
         head = self.head
         data = b"".join(map(_CHUNK, head))
         first = data.lstrip()[:1]
-        if not first or first in b"{[" or _TTFT_MARK in data:
+        size = len(data)
+        if not first or size >= _HEAD_MAX:
+            return
+        if first in b"{[":
+            for chunk in chunks:
+                head.append((chunk, 0.0))
+                yield chunk
+                size += len(chunk)
+                if size >= _HEAD_MAX:
+                    return
+            return
+        if _TTFT_MARK in data:
             return
         self.sse = True
-        size = len(data)
         carry = data[-_MARK_CARRY:]
         for chunk in chunks:
             head.append((chunk, 0.0))
@@ -678,7 +699,8 @@ class _SyncObserved(_Attempt):
 
 
 class _AsyncObserved(_Attempt):
-    """The async twin of :class:`_SyncObserved` (same loop; kept inline for the same reason)."""
+    """The async twin of :class:`_SyncObserved`, with the earlier per-chunk loop: the head is
+    kept up to the first delta, whose arrival is stamped as the TTFT on the spot."""
 
     async def __aiter__(self) -> Any:
         head = self.head
@@ -749,7 +771,7 @@ def _observe(attempt: _Attempt, response: Any) -> None:
     attempt.headers = response.headers
     content = getattr(response, "_content", None)
     if isinstance(content, bytes):
-        attempt.head.append((content, attempt.t_head))
+        attempt.head.append((content, 0.0))  # arrived whole: no time to first token
         attempt._finish(True)
     else:
         attempt.inner = response.stream
@@ -851,8 +873,8 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
 def _entries(headers: Any) -> tuple[bytes, ...]:
     """A snapshot of ``headers`` as one flat tuple ``(raw name, lowercased name, value, …)`` of
     bytes, taken on the request path by C-level copies of httpx/httpx2's own list (flat, so the
-    garbage collector stops tracking it at its first look, and the record's tuple at the next);
-    the writer picks the few names it wants out of it (:func:`_settle`)."""
+    garbage collector stops tracking it at its first look); the writer picks the few names it
+    wants out of it (:func:`_settle`)."""
     entries = getattr(headers, "_list", None)
     if type(entries) is list and (not entries or len(entries[0]) == 3):
         return tuple(chain.from_iterable(entries))
@@ -929,11 +951,11 @@ def _settle(raw: tuple) -> _Facts:
         sse = bool(first) and first not in b"{["
         if sse and not ttft:
             ttft = _arrival_of(head, head_bytes.find(_TTFT_MARK))
-    if sse and tail_bytes and not cut:
+    if sse and tail_bytes and not cut and len(head_bytes) + len(tail_bytes) <= _FULL_PARSE_MAX:
         # The whole stream is here: read as one, as the head's chunks may already hold the
         # final events (the head is a count of chunks, not "up to the first delta").
         head_bytes, tail_bytes = head_bytes + tail_bytes, b""
-    if not sse and len(head_bytes) + len(tail_bytes) > _FULL_PARSE_MAX:
+    if not sse and (cut or len(head_bytes) + len(tail_bytes) > _FULL_PARSE_MAX):
         # A large JSON body: only its end is read (``usage`` follows ``content``).
         tail_bytes = (tail_bytes if cut else head_bytes + tail_bytes)[-_TAIL_KEEP:]
         head_bytes, cut = b"", True
@@ -1151,7 +1173,7 @@ def _read_body(record: dict[str, Any], head: bytes, tail: bytes, cut: bool, sse:
     if not tail:
         _read_sse(record, head, _SSE_MARKERS)
         return
-    # A stream's head (up to its first delta) holds message_start; its tail the final events.
+    # A cut stream: its head (the first chunks) holds message_start, its tail the final events.
     _read_sse(record, head, (_SSE_START, _SSE_ERROR))
     # cut: the tail's first line is partial; else the head's last line may go on in the tail
     tail = tail[tail.find(b"\n") + 1 :] if cut else head[head.rfind(b"\n") + 1 :] + tail

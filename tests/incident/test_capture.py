@@ -813,3 +813,74 @@ def test_one_event_per_chunk_around_the_head(tmp_path: Path, deltas: int) -> Non
     assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
     assert rec["stream"] is True and 0 < rec["ttfb_ms"] <= rec["ttft_ms"] <= rec["latency_ms"]
     capture._SPOOLS.pop(str(path)).close()
+
+
+@pytest.mark.parametrize(("size", "chunk"), [(5_000, 64), (40_000, 627), (100_000, 1024)])
+def test_json_body_in_many_chunks_keeps_usage_and_model(
+    tmp_path: Path, size: int, chunk: int
+) -> None:
+    """A JSON body in more chunks than the head holds: its head goes on by bytes, so a small
+    body is read whole (the response's model at its start, the usage at its end) and a large
+    one by its end."""
+    message = {"model": "claude-x", "content": [{"type": "text", "text": "x" * size}]}
+    body = json.dumps({**message, "usage": {"input_tokens": 11, "output_tokens": 22}}).encode()
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    assert len(chunks) > 2 * capture._HEAD_CHUNKS
+    path = tmp_path / "many.jsonl"
+    http = capture.instrument(httpx2.Client(transport=_mock_transport(chunks)), spool=path)
+    assert http.post("https://x.services.ai.azure.com/anthropic/v1/messages").content == body
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 11, "output_tokens": 22}
+    assert rec.get("model") == ("claude-x" if len(body) <= capture._FULL_PARSE_MAX else None)
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_stream_in_large_chunks_holds_a_bounded_head(tmp_path: Path) -> None:
+    """A long stream read in 64 KB chunks: the head stops at ``_HEAD_MAX`` bytes, not at a count
+    of chunks, so what waits for the writer stays near head + tail bytes."""
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"text": "y" * 1000}}
+    start = {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 5}}}
+    end = {"type": "message_delta", "usage": {"output_tokens": 4242}}
+    body = _sse(start, *[delta] * 3000, end, {"type": "message_stop"})
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    path = tmp_path / "wide.jsonl"
+    spool = _held_back(path)
+    http = capture.instrument(
+        httpx2.Client(transport=_mock_transport(chunks, "text/event-stream")), spool=path
+    )
+    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
+        assert b"".join(r.iter_raw()) == body
+    assert 0 < spool._held <= capture._HEAD_MAX + 65536 + capture._TAIL_KEEP
+    _release(spool)
+    (rec,) = records(path)
+    assert rec["usage"] == {"input_tokens": 5, "output_tokens": 4242} and "ttft_ms" in rec
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_spool_takes_any_mapping_record(tmp_path: Path) -> None:
+    """``Spool.put`` of a dict subclass is written like a dict (only tuples are attempts)."""
+    from collections import OrderedDict
+
+    path = tmp_path / "mapping.jsonl"
+    spool = capture._spool_for(path)
+    assert spool.put(OrderedDict(v=1, n=7))
+    assert records(path) == [{"v": 1, "n": 7, "logged": records(path)[0]["logged"]}]
+    assert capture.spool_stats(path)["errors"] == 0
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_a_body_read_before_capture_saw_it_has_no_ttft(tmp_path: Path) -> None:
+    """A response whose stream was read whole before capture could watch it (a mock transport
+    built with ``content=``): usage and model are read, but no time to first token is made up."""
+    body = _sse(_START, _BLOCK, _DELTA, _END, {"type": "message_stop"})
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    path = tmp_path / "read.jsonl"
+    http = capture.instrument(httpx2.Client(transport=httpx2.MockTransport(handler)), spool=path)
+    http.post("https://x.services.ai.azure.com/anthropic/v1/messages")
+    (rec,) = records(path)
+    assert rec["usage"]["output_tokens"] == 42 and rec["stream"] is True
+    assert "ttft_ms" not in rec
+    capture._SPOOLS.pop(str(path)).close()
