@@ -627,16 +627,21 @@ class _SyncObserved(_Attempt):
         try:
             chunks = iter(self.inner)
             size = 0
+            delta = False
             for chunk in chunks:
                 head.append((chunk, perf_counter()))
                 yield chunk
                 size += len(chunk)
+                if _TTFT_MARK in chunk:
+                    delta = True  # its time is in hand: the rest goes to the tail
+                    break
                 if len(head) == _HEAD_CHUNKS or size >= _HEAD_MAX:
                     break
             else:
                 chunks = None  # the stream ended within its head
             if chunks is not None:
-                yield from self._rest_of_head(chunks)
+                if not delta:
+                    yield from self._rest_of_head(chunks)
                 while True:
                     # Up to the next cut, the chunks are passed on and kept by C code
                     # (``filterfalse`` calls ``tail.append``, which returns None, on each one
