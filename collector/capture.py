@@ -30,8 +30,8 @@ bytes only for ``usage`` and the error type.
 
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
-keeps references: per chunk, one list append (with the chunk's arrival time for the first
-``_HEAD_CHUNKS``, from which the writer finds the TTFT); at the end, one tuple of atoms, flat
+keeps references: per chunk, one list append (with the chunk's arrival time up to the first
+delta of a stream, from which the writer finds the TTFT); at the end, one tuple of atoms, flat
 tuples and the kept chunks goes into a bounded buffer (when it is full the record is dropped
 and counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
 first). Joining and searching the chunks, picking headers, parsing usage, formatting times and
@@ -608,11 +608,12 @@ _RETRY_AT = [0]
 class _SyncObserved(_Attempt):
     """Passes the network stream through untouched, keeping the chunks that matter.
 
-    Per chunk on the request path, no search and no parsing: the first ``_HEAD_CHUNKS``
-    chunks are kept with the time each arrived (the writer finds the first
-    ``content_block_delta`` in them and takes its chunk's time as the TTFT); later chunks go to a
-    short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP`` bytes
-    every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). A JSON body's head,
+    Per chunk on the request path, no parsing: the first chunks are kept with the time each
+    arrived, up to the one that holds the first ``content_block_delta`` (one substring test per
+    chunk) or ``_HEAD_CHUNKS`` chunks; the writer finds that delta in them and takes its
+    chunk's time as the TTFT (a mark split across two chunks is found there too). Later chunks
+    go to a short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP``
+    bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). A JSON body's head,
     and that of a stream whose first delta is not among its first chunks (a stream split into
     tiny chunks, searched chunk by chunk until that delta), go on to ``_HEAD_MAX`` bytes
     (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX`` bytes kept are cut to
