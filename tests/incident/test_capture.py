@@ -787,14 +787,19 @@ def test_tail_is_kept_across_cuts(tmp_path: Path, tail_chunks: int) -> None:
     filler = _sse(*[{"type": "ping"}] * tail_chunks).split(b"\n\n")[:-1]
     head = _sse(_START, _BLOCK, _DELTA)
     chunks = [head, *(f + b"\n\n" for f in filler), _sse(_END, {"type": "message_stop"})]
-    path = tmp_path / "tail.jsonl"
+    rec = _streamed_record(tmp_path / "tail.jsonl", chunks)
+    assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
+
+
+def _streamed_record(path: Path, chunks: list[bytes]) -> dict:
+    """The one record of a stream delivered in ``chunks`` (each passed on as it was)."""
     transport = _mock_transport(chunks, "text/event-stream")
     http = capture.instrument(httpx2.Client(transport=transport), spool=path)
     with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
         assert list(r.iter_raw()) == chunks
     (rec,) = records(path)
-    assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
     capture._SPOOLS.pop(str(path)).close()
+    return rec
 
 
 @pytest.mark.parametrize("deltas", range(1, 22))
@@ -804,15 +809,9 @@ def test_one_event_per_chunk_around_the_head(tmp_path: Path, deltas: int) -> Non
     delta's arrival."""
     body = _sse(_START, _BLOCK, *[_DELTA] * deltas, _END, {"type": "message_stop"})
     chunks = [event + b"\n\n" for event in body.split(b"\n\n")[:-1]]
-    path = tmp_path / "events.jsonl"
-    transport = _mock_transport(chunks, "text/event-stream")
-    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
-    with http.stream("POST", "https://x.services.ai.azure.com/anthropic/v1/messages") as r:
-        assert list(r.iter_raw()) == chunks
-    (rec,) = records(path)
+    rec = _streamed_record(tmp_path / "events.jsonl", chunks)
     assert rec["usage"]["output_tokens"] == 42 and rec["usage"]["ephemeral_1h_input_tokens"] == 2
     assert rec["stream"] is True and 0 < rec["ttfb_ms"] <= rec["ttft_ms"] <= rec["latency_ms"]
-    capture._SPOOLS.pop(str(path)).close()
 
 
 @pytest.mark.parametrize(("size", "chunk"), [(5_000, 64), (40_000, 627), (100_000, 1024)])
