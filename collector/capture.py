@@ -525,9 +525,9 @@ class _Attempt:
 
         Measured (``python -m benchmarks capture``): on the request path our code runs between
         the SDK's own work with cold caches, where each call and copy costs several times what
-        it costs in a loop, so this is one call-free block. It queues atoms and flat tuples
-        only: the request's body (for its ``model``), its URL's parsed parts, the retry count's
-        raw bytes, a C-level snapshot of the response headers, and the kept chunks. Queuing the
+        it costs in a loop, so it does little: it queues atoms and flat tuples only: the
+        request's body (for its ``model``), its URL's parsed parts, the retry count, a C-level
+        snapshot of the response headers, and the kept chunks. Queuing the
         request and headers objects themselves costs less here but measured more in total: the
         writer then reads and frees them cold. The exception goes by name (no traceback waits).
         """
@@ -544,20 +544,6 @@ class _Attempt:
             body = getattr(request, "_content", None)  # absent: a streamed upload
             kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
             weight = kept + (len(body) if body else 0)
-            sent = getattr(request.headers, "_list", None)
-            retry = None
-            if type(sent) is list:
-                # The SDK's x-stainless-retry-count sits at the same index call after call.
-                at = _RETRY_AT[0]
-                if at < len(sent) and sent[at][1] == _RETRY_NAME:
-                    retry = sent[at][2]
-                else:
-                    for at, entry in enumerate(sent):
-                        if entry[1] == _RETRY_NAME:
-                            retry, _RETRY_AT[0] = entry[2], at
-                            break
-            else:
-                retry = request.headers.get("x-stainless-retry-count")
             headers = self.headers
             facts: tuple = (
                 self.wall,
@@ -569,7 +555,7 @@ class _Attempt:
                 complete,
                 "" if error is None else type(error).__name__,
                 self.resource or getattr(request.url, "_uri_reference", None) or request.url,
-                retry,
+                _retry_count(request.headers),
                 body,
                 None if headers is None else _entries(headers),
                 head,
@@ -582,27 +568,9 @@ class _Attempt:
                 # buffer holds only the bytes the writer reads
                 facts = _settle(facts)
                 weight = len(facts.head) + len(facts.tail) + len(facts.body or b"")
-            # Spool.put, inline (the same checks; see there)
-            if spool._thread is None:
-                spool._start()
-            buffer = spool._buffer
-            if len(buffer) >= spool.capacity:
-                spool.dropped += 1
-                return
-            if weight:
-                with spool._held_lock:
-                    if spool._held + weight > spool.max_buffer_bytes:
-                        spool.dropped += 1
-                        return
-                    spool._held += weight
-            buffer.append((facts, weight))
+            spool.put(facts, weight)
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
-
-
-_RETRY_NAME = b"x-stainless-retry-count"
-#: Where the retry count was last found in the request's header list (a hint, not a truth).
-_RETRY_AT = [0]
 
 
 class _SyncObserved(_Attempt):
@@ -942,9 +910,9 @@ class _Facts(NamedTuple):
 
 def _settle(raw: tuple) -> _Facts:
     """The facts of an attempt as :func:`_finalize` and :func:`_line` read them, from what
-    :meth:`_Attempt._finish` queued: the resource from the URL's parts, the attempt number, the
-    five response headers wanted from the snapshot, the model of a large body, the kept chunks
-    joined and cut to size, the TTFT from the head's arrival times."""
+    :meth:`_Attempt._finish` queued: the resource from the URL's parts, the five response
+    headers wanted from the snapshot, the model of a large body, the kept chunks joined and cut
+    to size, the TTFT from the head's arrival times."""
     (wall, t0, t_head, ttft, t_end, status, complete, error, where, retry, body) = raw[:11]
     snapshot, head, tail, cut, sse = raw[11:]
     model = None
@@ -968,8 +936,6 @@ def _settle(raw: tuple) -> _Facts:
     elif len(tail_bytes) > _TAIL_KEEP:
         tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
     values = [None] * 5 if snapshot is None else _wanted(snapshot, _RESPONSE_NAMES)
-    if type(retry) is bytes:
-        retry = retry.decode("latin-1")
     return _Facts(
         wall,
         t0,
@@ -989,6 +955,19 @@ def _settle(raw: tuple) -> _Facts:
         sse,
         *values,
     )
+
+
+def _retry_count(headers: Any) -> str | None:
+    """The SDK's ``x-stainless-retry-count`` (a list search in C: one header of ~20 wanted)."""
+    entries = getattr(headers, "_list", None)
+    if type(entries) is list and (not entries or len(entries[0]) == 3):
+        try:
+            index = list(map(_LOWER, entries)).index(b"x-stainless-retry-count")
+        except ValueError:
+            return None
+        return entries[index][2].decode("latin-1")
+    value = headers.get("x-stainless-retry-count")
+    return value if isinstance(value, str) else None
 
 
 def _arrival_of(head: list[tuple[bytes, float]], pos: int) -> float:
