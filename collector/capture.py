@@ -31,13 +31,13 @@ bytes only for ``usage`` and the error type.
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
-delta of a stream, from which the writer finds the TTFT); at the end, one tuple of atoms, flat
-tuples and the kept chunks goes into a bounded buffer (when it is full the record is dropped
-and counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
-first). Joining and searching the chunks, picking headers, parsing usage, formatting times and
-JSON encoding happen on a background writer thread, which
-releases the GIL every few records, so a slow or broken disk neither slows nor breaks the
-application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
+delta of a stream, from which the writer finds the TTFT); at the end, the finished attempt itself
+goes into a bounded buffer (when it is full the record is dropped and counted, never waited for;
+a body with more than 64 KB kept is cut to what the writer reads first). Reading the request's
+model, retry count and URL, picking response headers, joining and searching the chunks, parsing
+usage, formatting times and JSON encoding happen on a background writer thread, which wakes once
+a second and releases the GIL every few records, so a slow or broken disk neither slows nor
+breaks the application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
 path.{backups}``; one writer thread per path per process; several processes may share a path
 (each batch is one ``O_APPEND`` write, and a writer notices that another rotated the file).
 ``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
@@ -62,7 +62,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from itertools import chain, filterfalse, islice
+from itertools import filterfalse, islice
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -155,6 +155,7 @@ def _encode(record: dict[str, Any]) -> str:
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _WEIGHT = operator.itemgetter(1)
 _LOWER = operator.itemgetter(1)
+_LOWER_VALUE = operator.itemgetter(1, 2)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -169,10 +170,14 @@ class Spool:
 
     ``put`` never blocks and never raises: it appends to a ``deque`` (no syscall, no thread
     wake-up: the writer polls every ``interval`` seconds and writes what accumulated in one
-    ``write``), or drops and counts the record when ``queue_size`` records (or
-    ``max_buffer_bytes`` of kept bytes) are already waiting. Records are encoded by the writer
-    thread, which releases the GIL every ``_YIELD_EVERY`` records so that a large batch does not
-    hold up the application's threads. ``written``/``dropped``/``errors`` count records;
+    ``write``; it is woken early only when a quarter of ``queue_size`` is waiting), or drops and
+    counts the record when ``queue_size`` records (or ``max_buffer_bytes`` of kept bytes) are
+    already waiting. Records are encoded by the writer thread, which releases the GIL every
+    ``_YIELD_EVERY`` records so that a large batch does not hold up the application's threads.
+    The interval is 1 s by default (OpenTelemetry's batch span processor waits 5 s): the writer
+    runs with cold caches after the application's own work, and one wake per second instead of
+    five cut its CPU per record by about a third (same-process runs against the emulator, 76
+    against 51 µs; 2 s gave 47 and 5 s 45). ``written``/``dropped``/``errors`` count records;
     ``last_error`` keeps the last write failure (one line); ``writer_cpu`` is the writer thread's
     CPU time in seconds (what capture costs off the request path).
     """
@@ -185,13 +190,14 @@ class Spool:
         backups: int = DEFAULT_BACKUPS,
         queue_size: int = DEFAULT_QUEUE,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-        interval: float = 0.2,
+        interval: float = 1.0,
         mode: int = 0o644,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_bytes = max(1024, int(max_bytes))
         self.backups = max(0, int(backups))
         self.capacity = max(1, int(queue_size))
+        self._early = max(1, self.capacity // 4)  # this many waiting: wake the writer now
         self.max_buffer_bytes = max(0, int(max_buffer_bytes))
         self.interval = interval
         self.mode = mode
@@ -217,13 +223,14 @@ class Spool:
         self._backoff = 0.5
 
     # -- the application side -------------------------------------------------------------
-    def put(self, record: dict[str, Any] | tuple, weight: int = 0) -> bool:
-        """Buffer one record (a dict, or an attempt's facts that the writer turns into one;
+    def put(self, record: Any, weight: int = 0) -> bool:
+        """Buffer one record (a dict, or a finished attempt that the writer turns into one;
         ``weight``: bytes it holds for the writer); False (and counted) if the buffer is full."""
         if self._thread is None:
             self._start()
         buffer = self._buffer
-        if len(buffer) >= self.capacity:
+        waiting = len(buffer)
+        if waiting >= self.capacity:
             self.dropped += 1
             return False
         if weight:
@@ -233,6 +240,8 @@ class Spool:
                     return False
                 self._held += weight
         buffer.append((record, weight))
+        if waiting == self._early:
+            self._wake.set()
         return True
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -309,8 +318,8 @@ class Spool:
             for n, (record, _) in enumerate(batch, 1):
                 try:
                     line = None
-                    if isinstance(record, tuple):  # an attempt's facts
-                        if type(record) is tuple:
+                    if isinstance(record, (_Attempt, _Facts)):  # an attempt
+                        if type(record) is not _Facts:
                             record = _settle(record)
                         try:
                             line = _line(record, logged)  # a stream's usual shape
@@ -488,15 +497,15 @@ if hasattr(os, "register_at_fork"):
 
 # ------------------------------------------------------------------------------ one attempt
 class _Attempt:
-    """One HTTP attempt, from the application's side: time stamps, references, then one tuple.
+    """One HTTP attempt, from the application's side: time stamps and references, then itself.
 
-    While the call runs, only references are kept (the request, the response's headers, its first
-    and last chunks). When it ends, :meth:`_finish` queues one tuple of atoms, flat tuples and
-    the two lists of kept chunks for the spool's buffer: no request, headers or exception object
-    stays alive while it waits for the writer. The writer thread turns the tuple into the record
-    (:func:`_settle`, then :func:`_line` or :func:`_finalize`): ``usage``, ``model``, TTFT, error
-    type, JSON. Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per
-    attempt.
+    While the call runs, only references are kept (the request, the response's headers, its
+    first and last chunks). When it ends, :meth:`_finish` stamps the end and queues the attempt
+    itself for the spool's writer thread, which reads what the record needs from it
+    (:func:`_settle`: the request's ``model`` and retry count, the URL's resource, five response
+    headers, the kept chunks), turns that into the record (:func:`_line` or :func:`_finalize`)
+    and lets the attempt go. Subclassed by the stream wrappers (:func:`_stream_classes`), so one
+    object per attempt.
     """
 
     # Class-level defaults: an attribute set only when it happens costs nothing otherwise.
@@ -505,9 +514,12 @@ class _Attempt:
     status: int | None = None
     t_head = 0.0
     ttft = 0.0
+    t_end = 0.0
     sse = False
     cut = False
     done = False
+    complete = False
+    error = ""
 
     def __init__(
         self, spool: Spool, resource: str | None, request: Any, wall: float, t0: float
@@ -521,54 +533,34 @@ class _Attempt:
         self.tail: list[bytes] = []
 
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
-        """The end of the attempt: stamp it and queue what the record needs (never raises).
+        """The end of the attempt: stamp it and queue it for the writer (never raises).
 
-        Measured (``python -m benchmarks capture``): on the request path our code runs between
-        the SDK's own work with cold caches, where each call and copy costs several times what
-        it costs in a loop, so it does little: it queues atoms and flat tuples only: the
-        request's body (for its ``model``), its URL's parsed parts, the retry count, a C-level
-        snapshot of the response headers, and the kept chunks. Queuing the
-        request and headers objects themselves costs less here but measured more in total: the
-        writer then reads and frees them cold. The exception goes by name (no traceback waits).
+        Measured (``python -m benchmarks capture``, and same-process A/B runs against the
+        emulator): reading the request, the headers and the chunks costs the same CPU on
+        whichever thread does it, as our code runs between the SDK's own work with cold caches,
+        where each read and call costs several times what it costs in a loop. Done here it was
+        20 to 25 µs of the application's thread per call; queued, it is the writer's, and the
+        request path keeps only the stamps. The exception goes by name (no traceback waits).
+        A large response or request body is cut (and its model read) here instead, so that the
+        buffer holds only the bytes the writer reads.
         """
         if self.done:
             return
         self.done = True
-        t_end = perf_counter()
+        self.t_end = perf_counter()
+        self.complete = complete
+        if error is not None:
+            self.error = type(error).__name__
         spool = self.spool
         try:
-            request = self.request
-            head, tail = self.head, self.tail
-            if len(head) > _HEAD_CHUNKS:  # a head of many chunks (see _rest_of_head): one piece
-                head = [(b"".join(map(_CHUNK, head)), 0.0)]
-            body = getattr(request, "_content", None)  # absent: a streamed upload
-            kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
+            kept = sum(map(len, map(_CHUNK, self.head))) + sum(map(len, self.tail))
+            body = getattr(self.request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
-            headers = self.headers
-            facts: tuple = (
-                self.wall,
-                self.t0,
-                self.t_head,
-                self.ttft,
-                t_end,
-                self.status,
-                complete,
-                "" if error is None else type(error).__name__,
-                self.resource or getattr(request.url, "_uri_reference", None) or request.url,
-                _retry_count(request.headers),
-                body,
-                None if headers is None else _entries(headers),
-                head,
-                tail,
-                self.cut,
-                self.sse,
-            )
-            if kept > _FULL_PARSE_MAX or weight - kept > _BODY_DEFER_MAX:
-                # a large response or request: cut it (and read the model) now, so that the
-                # buffer holds only the bytes the writer reads
-                facts = _settle(facts)
-                weight = len(facts.head) + len(facts.tail) + len(facts.body or b"")
-            spool.put(facts, weight)
+            if kept <= _FULL_PARSE_MAX and weight - kept <= _BODY_DEFER_MAX:
+                spool.put(self, weight)
+                return
+            facts = _settle(self)
+            spool.put(facts, len(facts.head) + len(facts.tail) + len(facts.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
 
@@ -844,33 +836,20 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
     return out or None
 
 
-def _entries(headers: Any) -> tuple[bytes, ...]:
-    """A snapshot of ``headers`` as one flat tuple ``(raw name, lowercased name, value, …)`` of
-    bytes, taken on the request path by C-level copies of httpx/httpx2's own list (flat, so the
-    garbage collector stops tracking it at its first look); the writer picks the few names it
-    wants out of it (:func:`_settle`)."""
+def _wanted(headers: Any, names: tuple[bytes, ...]) -> list[str | None]:
+    """The first value of each of ``names`` (lowercase) in ``headers``, as text: from
+    httpx/httpx2's own list of ``(raw name, lowercased name, value)`` by C code, or from any
+    other mapping of str to str."""
     entries = getattr(headers, "_list", None)
     if type(entries) is list and (not entries or len(entries[0]) == 3):
-        return tuple(chain.from_iterable(entries))
-    try:  # any other mapping of str to str
-        return tuple(
-            part
-            for name, value in headers.items()
-            for part in (
-                name.encode("latin-1"),
-                name.lower().encode("latin-1"),
-                value.encode("latin-1"),
-            )
-        )
+        # name -> value, from the end backwards so that the first of duplicates wins
+        found = dict(map(_LOWER_VALUE, reversed(entries)))
+        return [None if (v := found.get(n)) is None else v.decode("latin-1") for n in names]
+    try:
+        text = {name.lower(): value for name, value in reversed(list(headers.items()))}
+        return [text.get(n.decode("latin-1")) for n in names]
     except Exception:
-        return ()
-
-
-def _wanted(entries: tuple[bytes, ...], names: tuple[bytes, ...]) -> list[str | None]:
-    """The first value of each of ``names`` (lowercase) in a snapshot, as text."""
-    # name -> value built in C, from the end backwards so that the first of duplicates wins
-    found = dict(zip(entries[-2::-3], entries[::-3], strict=True))
-    return [None if (v := found.get(n)) is None else v.decode("latin-1") for n in names]
+        return [None] * len(names)
 
 
 _RESPONSE_NAMES = (
@@ -908,13 +887,17 @@ class _Facts(NamedTuple):
     content_type: str | None
 
 
-def _settle(raw: tuple) -> _Facts:
-    """The facts of an attempt as :func:`_finalize` and :func:`_line` read them, from what
-    :meth:`_Attempt._finish` queued: the resource from the URL's parts, the five response
-    headers wanted from the snapshot, the model of a large body, the kept chunks joined and cut
-    to size, the TTFT from the head's arrival times."""
-    (wall, t0, t_head, ttft, t_end, status, complete, error, where, retry, body) = raw[:11]
-    snapshot, head, tail, cut, sse = raw[11:]
+def _settle(attempt: _Attempt) -> _Facts:
+    """The facts of a finished attempt as :func:`_finalize` and :func:`_line` read them: the
+    resource from the URL, the request's retry count, the five response headers wanted, the
+    model of a large body, the kept chunks joined and cut to size, the TTFT from the head's
+    arrival times."""
+    request = attempt.request
+    body = getattr(request, "_content", None)
+    head, tail, ttft, sse = attempt.head, attempt.tail, attempt.ttft, attempt.sse
+    if len(head) > _HEAD_CHUNKS:  # a head of many chunks (see _rest_of_head): one piece
+        head = [(b"".join(map(_CHUNK, head)), 0.0)]
+    cut = attempt.cut
     model = None
     if body is not None and len(body) > _BODY_DEFER_MAX:
         model, body = _model_of(body), None
@@ -935,18 +918,19 @@ def _settle(raw: tuple) -> _Facts:
         head_bytes, cut = b"", True
     elif len(tail_bytes) > _TAIL_KEEP:
         tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
-    values = [None] * 5 if snapshot is None else _wanted(snapshot, _RESPONSE_NAMES)
+    headers = attempt.headers
+    values = [None] * 5 if headers is None else _wanted(headers, _RESPONSE_NAMES)
     return _Facts(
-        wall,
-        t0,
-        t_head,
+        attempt.wall,
+        attempt.t0,
+        attempt.t_head,
         ttft,
-        t_end,
-        status,
-        complete,
-        error,
-        where if type(where) is str else _resource_of(where),
-        retry,
+        attempt.t_end,
+        attempt.status,
+        attempt.complete,
+        attempt.error,
+        attempt.resource or _resource_of(request.url),
+        _retry_count(request.headers),
         body,
         model,
         head_bytes,

@@ -503,41 +503,60 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-def _flat(value: object) -> bool:
-    """An atom, or a tuple of atoms (a header snapshot, a URL's parsed parts)."""
-    atoms = (str, bytes, int, float, type(None))
-    if isinstance(value, tuple):
-        return all(isinstance(part, atoms) for part in value)
-    return isinstance(value, atoms)
-
-
-def test_queued_attempts_hold_no_objects(tmp_path: Path) -> None:
-    """What waits for the writer is one tuple of atoms, flat tuples (the response headers'
-    snapshot, the URL's parts) and the two lists of kept chunks: no request, headers, stream or
-    exception object stays alive for the writer, no key or prompt beyond the body bytes that
-    the writer reads only for ``model``."""
-    path = tmp_path / "flat.jsonl"
+def test_queued_attempt_is_let_go_once_written(tmp_path: Path) -> None:
+    """What waits for the writer is the finished attempt itself (the request path only stamps
+    it), holding its error by name, never the exception; once its line is written, nothing of
+    the call stays alive (the request is freed), and no key or prompt reached the spool."""
+    path = tmp_path / "let-go.jsonl"
     spool = _held_back(path)
     http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
     response = http.post(
         "https://r.services.ai.azure.com/anthropic/v1/messages",
-        json={"model": "m"},
+        json={"model": "m", "messages": [{"role": "user", "content": "a secret prompt"}]},
         headers={"api-key": "secret-key-1"},
     )
-    ((facts, weight),) = spool._buffer
-    lists = [x for x in facts if type(x) is list]
-    assert len(lists) == 2 and all(_flat(x) for x in facts if type(x) is not list)
-    assert all(_flat(pair) for pair in lists[0]) and all(type(c) is bytes for c in lists[1])
-    assert b"secret-key-1" not in repr(facts).encode()
+    ((attempt, weight),) = spool._buffer
+    assert attempt.done and attempt.request is response.request
+    assert attempt.t0 <= attempt.t_head <= attempt.t_end and weight == spool._held > 0
     request = weakref.ref(response.request)
-    del response
+    del response, attempt
     gc.collect()
-    assert request() is None  # the writer will not need it
-    assert weight == spool._held > 0
+    assert request() is not None  # queued: the writer reads it
+
+    def refused(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused", request=request)
+
+    failing = capture.instrument(httpx2.Client(transport=httpx2.MockTransport(refused)), spool=path)
+    with pytest.raises(httpx2.ConnectError):
+        failing.post("https://r.services.ai.azure.com/anthropic/v1/messages", json={"model": "m"})
+    failed = spool._buffer[1][0]
+    assert failed.error == "ConnectError"
+    assert not [v for v in vars(failed).values() if isinstance(v, BaseException)]
+    del failed
     _release(spool)
-    (rec,) = records(path)
+    rec, refused_rec = records(path)
+    gc.collect()
+    assert request() is None  # written: let go
     assert rec["deployment"] == "m" and rec["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    assert refused_rec["error"] == "ConnectError" and refused_rec["status"] is None
+    text = path.read_text()
+    assert "secret-key-1" not in text and "secret prompt" not in text
     capture._SPOOLS.pop(str(path)).close()
+
+
+def test_writer_wakes_early_when_a_quarter_of_the_buffer_waits(tmp_path: Path) -> None:
+    """The writer sleeps ``interval`` between batches, but a fast application does not fill the
+    buffer meanwhile: a quarter of ``queue_size`` waiting wakes it."""
+    spool = capture.Spool(tmp_path / "early.jsonl", queue_size=8, interval=3600)
+    assert spool.put({"v": 1}) and spool.put({"v": 1})
+    time.sleep(0.2)
+    assert spool.written == 0 and len(spool._buffer) == 2  # asleep for the hour
+    assert spool.put({"v": 1})  # the third: two were waiting, a quarter of 8
+    deadline = time.monotonic() + 10
+    while spool.written < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spool.written == 3 and spool.dropped == 0
+    spool.close()
 
 
 def _long_stream(deltas: int) -> bytes:
@@ -883,3 +902,14 @@ def test_a_body_read_before_capture_saw_it_has_no_ttft(tmp_path: Path) -> None:
     assert rec["usage"]["output_tokens"] == 42 and rec["stream"] is True
     assert "ttft_ms" not in rec
     capture._SPOOLS.pop(str(path)).close()
+
+
+def test_wanted_headers_first_of_duplicates_any_mapping() -> None:
+    """The writer's header pick: the first of repeated names wins, case does not matter, and a
+    plain mapping (another HTTP library's headers) works too."""
+    names = (b"request-id", b"x-ms-region", b"retry-after")
+    headers = httpx2.Headers([("Request-Id", "req_1"), ("x-ms-region", "eastus2")])
+    headers = httpx2.Headers([*headers.raw, (b"request-id", b"req_2")])
+    assert capture._wanted(headers, names) == ["req_1", "eastus2", None]
+    assert capture._wanted({"Request-Id": "req_3"}, names) == ["req_3", None, None]
+    assert capture._wanted(object(), names) == [None, None, None]

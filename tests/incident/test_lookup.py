@@ -13,6 +13,7 @@ import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from collector import capture
 from collector import lookup as lk
 from collector.jobs import capture as capture_job
 from collector.jobs.base import JobContext
@@ -203,6 +204,7 @@ def test_live_fallback_finds_what_the_store_lacks(
     missing = lk.lookup(collector_ctx.settings, collector_ctx.engine, rid, window_days=1)
     assert not missing.found and any("apim-request-id" in n for n in missing.notes)
     settings = collector_ctx.settings.model_copy(update={"capture_spools": [str(spool)]})
+    assert capture.flush(spool)  # the writer's line is on disk (it writes once a second)
     report = lk.lookup(settings, collector_ctx.engine, rid, window_days=1)
     (found,) = report.found
     assert found.origin == ["capture spool (not ingested yet)", "Log Analytics (live)"]
