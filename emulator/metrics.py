@@ -68,7 +68,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from itertools import islice
+from typing import Any, ClassVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -308,7 +309,12 @@ class _AggCache:
     A late call (``World.on_live``) drops the minute, hour and day it lands in and marks them
     with a new ``generation``: an aggregate of one of them computed before that may miss the
     call, so :meth:`keep` refuses it. Other keys keep caching under steady live traffic.
+    ``touched`` is bounded (a long live run adds a minute key per deployment per minute): its
+    oldest half is dropped at ``TOUCHED_MAX`` keys, and ``floor`` rises to the newest generation
+    dropped, so that any aggregate computed before it is refused, whatever its key.
     """
+
+    TOUCHED_MAX: ClassVar[int] = 4096
 
     minutes: OrderedDict[tuple[str, str, datetime], dict[tuple, list]] = field(
         default_factory=OrderedDict
@@ -317,13 +323,14 @@ class _AggCache:
     days: dict[date, dict[str, dict[str, float]]] = field(default_factory=dict)
     generation: int = 0
     touched: dict[Any, int] = field(default_factory=dict)  # key -> generation of its late call
+    floor: int = 0  # aggregates computed before this generation are not kept
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def keep(self, table: dict, key: Any, value: Any, generation: int) -> bool:
         """Store ``value`` (computed at ``generation``) unless a late call touched ``key``
         since."""
         with self.lock:
-            if self.touched.get(key, -1) > generation:
+            if generation < self.floor or self.touched.get(key, -1) > generation:
                 return False
             table[key] = value
             return True
@@ -339,7 +346,11 @@ class _AggCache:
                 (self.days, minute.date()),
             ):
                 table.pop(key, None)
+                self.touched.pop(key, None)  # re-inserted: the oldest keys stay first
                 self.touched[key] = self.generation
+            if len(self.touched) > self.TOUCHED_MAX:
+                for key in list(islice(self.touched, len(self.touched) // 2)):
+                    self.floor = max(self.floor, self.touched.pop(key))
 
 
 _FALLBACK_RUNTIMES: dict[int, _Runtime] = {}

@@ -450,3 +450,21 @@ def test_a_cache_fill_that_raced_a_late_call_is_not_kept():
     assert not cache.keep(cache.hours, key, {}, before)
     assert cache.keep(cache.hours, (*key[:2], hour - timedelta(hours=1)), {}, before)
     assert cache.keep(cache.hours, key, {}, cache.generation)
+
+
+def test_late_call_marks_stay_bounded_and_safe():
+    """A long live run touches a new minute per deployment per minute: the marks are bounded,
+    and a fill begun before a dropped mark is still refused (by the generation floor)."""
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    world = World(5, days=3, clock=now, resources=1, deployments_per_resource=1)
+    cache = M.Aggregator(world).cache
+    rec = next(iter(world.requests(now - timedelta(hours=2), now)))
+    first = floor_minute(rec.time)
+    key = (rec.deployment.resource.arm_id.lower(), rec.deployment.name, first)
+    before = cache.generation
+    cache.forget(rec.deployment, first)
+    for n in range(1, cache.TOUCHED_MAX):  # minutes, hours, days: well over the bound
+        cache.forget(rec.deployment, first + timedelta(minutes=n))
+    assert len(cache.touched) <= cache.TOUCHED_MAX and key not in cache.touched
+    assert not cache.keep(cache.minutes, key, {}, before)  # its mark is gone, the floor is not
+    assert cache.keep(cache.minutes, key, {}, cache.generation)
