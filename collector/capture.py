@@ -154,7 +154,6 @@ def _encode(record: dict[str, Any]) -> str:
 
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _WEIGHT = operator.itemgetter(1)
-_LOWER = operator.itemgetter(1)
 _LOWER_VALUE = operator.itemgetter(1, 2)
 _USAGE_FIELDS = (
     "input_tokens",
@@ -852,6 +851,8 @@ def _wanted(headers: Any, names: tuple[bytes, ...]) -> list[str | None]:
         return [None] * len(names)
 
 
+#: The SDK's attempt number, from the request's headers.
+_REQUEST_NAMES = (b"x-stainless-retry-count",)
 _RESPONSE_NAMES = (
     b"request-id",
     b"apim-request-id",
@@ -894,10 +895,7 @@ def _settle(attempt: _Attempt) -> _Facts:
     arrival times."""
     request = attempt.request
     body = getattr(request, "_content", None)
-    head, tail, ttft, sse = attempt.head, attempt.tail, attempt.ttft, attempt.sse
-    if len(head) > _HEAD_CHUNKS:  # a head of many chunks (see _rest_of_head): one piece
-        head = [(b"".join(map(_CHUNK, head)), 0.0)]
-    cut = attempt.cut
+    head, tail, ttft, sse, cut = attempt.head, attempt.tail, attempt.ttft, attempt.sse, attempt.cut
     model = None
     if body is not None and len(body) > _BODY_DEFER_MAX:
         model, body = _model_of(body), None
@@ -930,7 +928,7 @@ def _settle(attempt: _Attempt) -> _Facts:
         attempt.complete,
         attempt.error,
         attempt.resource or _resource_of(request.url),
-        _retry_count(request.headers),
+        _wanted(request.headers, _REQUEST_NAMES)[0],
         body,
         model,
         head_bytes,
@@ -939,19 +937,6 @@ def _settle(attempt: _Attempt) -> _Facts:
         sse,
         *values,
     )
-
-
-def _retry_count(headers: Any) -> str | None:
-    """The SDK's ``x-stainless-retry-count`` (a list search in C: one header of ~20 wanted)."""
-    entries = getattr(headers, "_list", None)
-    if type(entries) is list and (not entries or len(entries[0]) == 3):
-        try:
-            index = list(map(_LOWER, entries)).index(b"x-stainless-retry-count")
-        except ValueError:
-            return None
-        return entries[index][2].decode("latin-1")
-    value = headers.get("x-stainless-retry-count")
-    return value if isinstance(value, str) else None
 
 
 def _arrival_of(head: list[tuple[bytes, float]], pos: int) -> float:
