@@ -31,15 +31,16 @@ bytes only for ``usage`` and the error type.
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
-delta of a stream, from which the writer finds the TTFT); at the end, the finished attempt itself
-goes into a bounded buffer (when it is full the record is dropped and counted, never waited for;
-a body with more than 64 KB kept is cut to what the writer reads first). Reading the request's
-model, retry count and URL, picking response headers, joining and searching the chunks, parsing
-usage, formatting times and JSON encoding happen on a background writer thread, which wakes once
-a second and releases the GIL every few records, so a slow or broken disk neither slows nor
-breaks the application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
-path.{backups}``; one writer thread per path per process; several processes may share a path
-(each batch is one ``O_APPEND`` write, and a writer notices that another rotated the file).
+delta of a stream, from which the writer finds the TTFT); at the end, one flat tuple of times,
+bytes and the header values wanted goes into a bounded buffer, never an object of the call
+(when it is full the record is dropped and counted, never waited for; a body with more than
+64 KB kept is cut to what the writer reads first). Reading the request's model and URL,
+joining and searching the chunks, parsing usage, formatting times and JSON encoding happen on
+a background writer thread, which wakes once a second and releases the GIL every few records,
+so a slow or broken disk neither slows nor breaks the application. The spool is append-only
+JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per path per
+process; several processes may share a path (each batch is one ``O_APPEND`` write, and a writer
+notices that another rotated the file).
 ``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
 Overhead is measured by ``python -m benchmarks capture``.
 
@@ -154,7 +155,7 @@ def _encode(record: dict[str, Any]) -> str:
 
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _WEIGHT = operator.itemgetter(1)
-_LOWER_VALUE = operator.itemgetter(1, 2)
+_LOWER = operator.itemgetter(1)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -317,8 +318,8 @@ class Spool:
             for n, (record, _) in enumerate(batch, 1):
                 try:
                     line = None
-                    if isinstance(record, (_Attempt, _Facts)):  # an attempt
-                        if type(record) is not _Facts:
+                    if type(record) is tuple or type(record) is _Facts:  # an attempt
+                        if type(record) is tuple:
                             record = _settle(record)
                         try:
                             line = _line(record, logged)  # a stream's usual shape
@@ -496,14 +497,14 @@ if hasattr(os, "register_at_fork"):
 
 # ------------------------------------------------------------------------------ one attempt
 class _Attempt:
-    """One HTTP attempt, from the application's side: time stamps and references, then itself.
+    """One HTTP attempt, from the application's side: time stamps and references.
 
     While the call runs, only references are kept (the request, the response's headers, its
-    first and last chunks). When it ends, :meth:`_finish` stamps the end and queues the attempt
-    itself for the spool's writer thread, which reads what the record needs from it
-    (:func:`_settle`: the request's ``model`` and retry count, the URL's resource, five response
-    headers, the kept chunks), turns that into the record (:func:`_line` or :func:`_finalize`)
-    and lets the attempt go. Subclassed by the stream wrappers (:func:`_stream_classes`), so one
+    first and last chunks). When it ends, :meth:`_finish` stamps the end, picks the six
+    header values wanted and queues a flat tuple of what the record needs for the spool's
+    writer thread, which reads the rest out of it (:func:`_settle`: the request's ``model``,
+    the URL's resource, the kept chunks) and turns them into the record (:func:`_line` or
+    :func:`_finalize`). Subclassed by the stream wrappers (:func:`_stream_classes`), so one
     object per attempt.
     """
 
@@ -513,12 +514,9 @@ class _Attempt:
     status: int | None = None
     t_head = 0.0
     ttft = 0.0
-    t_end = 0.0
     sse = False
     cut = False
     done = False
-    complete = False
-    error = ""
 
     def __init__(
         self, spool: Spool, resource: str | None, request: Any, wall: float, t0: float
@@ -532,34 +530,60 @@ class _Attempt:
         self.tail: list[bytes] = []
 
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
-        """The end of the attempt: stamp it and queue it for the writer (never raises).
+        """The end of the attempt: stamp it and queue its facts for the writer (never raises).
 
-        Measured (``python -m benchmarks capture``, and same-process A/B runs against the
-        emulator): reading the request, the headers and the chunks costs the same CPU on
-        whichever thread does it, as our code runs between the SDK's own work with cold caches,
-        where each read and call costs several times what it costs in a loop. Done here it was
-        20 to 25 µs of the application's thread per call; queued, it is the writer's, and the
-        request path keeps only the stamps. The exception goes by name (no traceback waits).
-        A large response or request body is cut (and its model read) here instead, so that the
-        buffer holds only the bytes the writer reads.
+        What is queued is one flat tuple of times, bytes, the six header values wanted and the
+        kept chunks, never the request, the response, their headers or this attempt: whatever
+        outlives the call survives the young generations of Python's cyclic GC, is traversed by
+        them and, promoted, hastens full collections of the application's whole heap. Queuing
+        the attempt itself (which holds the request and its URL, headers, extensions and
+        stream) cost more GC time than the writer's own work: ``gc.callbacks`` timings over the
+        replay of ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per
+        JSON call over plain calls (one full collection of a 160,000-object heap in 3,000 calls
+        among them), against 6 µs for this tuple.
+        The header values are picked here, while the application has just read the headers
+        (a few C searches of ~20 short entries): the writer thread, reading them a second
+        later, paid for cold memory. The exception goes by name (no traceback waits). A large
+        response or request body is cut (and its model read) here instead, so that the buffer
+        holds only the bytes the writer reads.
         """
         if self.done:
             return
         self.done = True
-        self.t_end = perf_counter()
-        self.complete = complete
-        if error is not None:
-            self.error = type(error).__name__
+        t_end = perf_counter()
         spool = self.spool
         try:
-            kept = sum(map(len, map(_CHUNK, self.head))) + sum(map(len, self.tail))
-            body = getattr(self.request, "_content", None)  # absent: a streamed upload
+            head, tail, request = self.head, self.tail, self.request
+            kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
+            body = getattr(request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
+            sent = request.headers
+            headers = self.headers
+            url = None if self.resource else request.url
+            facts = (
+                self.wall,
+                self.t0,
+                self.t_head,
+                self.ttft,
+                t_end,
+                self.status,
+                complete,
+                "" if error is None else type(error).__name__,
+                self.resource,
+                body,
+                _wanted(sent, _REQUEST_NAMES)[0],
+                getattr(url, "_uri_reference", url),
+                tuple(head),
+                tuple(tail),
+                self.sse,
+                self.cut,
+                *(_NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
+            )
             if kept <= _FULL_PARSE_MAX and weight - kept <= _BODY_DEFER_MAX:
-                spool.put(self, weight)
+                spool.put(facts, weight)
                 return
-            facts = _settle(self)
-            spool.put(facts, len(facts.head) + len(facts.tail) + len(facts.body or b""))
+            settled = _settle(facts)
+            spool.put(settled, len(settled.head) + len(settled.tail) + len(settled.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
 
@@ -762,10 +786,11 @@ _RESOURCES: dict[str, str] = {}
 
 
 def _resource_of(url: Any) -> str:
-    """The Foundry resource a URL names (host prefix, or ``/foundry/{name}/`` in the path)."""
-    parts = getattr(url, "_uri_reference", None)  # httpx/httpx2: the parsed parts, no copies
-    host = getattr(parts if parts is not None else url, "host", "") or ""
-    path = getattr(parts if parts is not None else url, "path", "") or ""
+    """The Foundry resource a URL names (host prefix, or ``/foundry/{name}/`` in the path):
+    ``url`` is httpx's parsed parts of one (``URL._uri_reference``) or any object with ``host``
+    and ``path``."""
+    host = getattr(url, "host", "") or ""
+    path = getattr(url, "path", "") or ""
     key = f"{host}\n{path}"
     resource = _RESOURCES.get(key)
     if resource is None:
@@ -837,13 +862,15 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
 
 def _wanted(headers: Any, names: tuple[bytes, ...]) -> list[str | None]:
     """The first value of each of ``names`` (lowercase) in ``headers``, as text: from
-    httpx/httpx2's own list of ``(raw name, lowercased name, value)`` by C code, or from any
-    other mapping of str to str."""
-    entries = getattr(headers, "_list", None)
-    if type(entries) is list and (not entries or len(entries[0]) == 3):
-        # name -> value, from the end backwards so that the first of duplicates wins
-        found = dict(map(_LOWER_VALUE, reversed(entries)))
-        return [None if (v := found.get(n)) is None else v.decode("latin-1") for n in names]
+    httpx/httpx2's own list of ``(raw name, lowercased name, value)`` (or their ``Headers``,
+    which hold one) by C searches of the lowercased names, or from any other mapping of str to
+    str. (A dict of all the names, by C code too, cost several times this: each name hashed.)"""
+    entries = headers if type(headers) is tuple else getattr(headers, "_list", None)
+    if type(entries) in (tuple, list) and (not entries or len(entries[0]) == 3):
+        lowered = list(map(_LOWER, entries))
+        return [
+            entries[lowered.index(n)][2].decode("latin-1") if n in lowered else None for n in names
+        ]
     try:
         text = {name.lower(): value for name, value in reversed(list(headers.items()))}
         return [text.get(n.decode("latin-1")) for n in names]
@@ -860,6 +887,7 @@ _RESPONSE_NAMES = (
     b"retry-after",
     b"content-type",
 )
+_NO_HEADERS = (None,) * len(_RESPONSE_NAMES)
 
 
 class _Facts(NamedTuple):
@@ -888,14 +916,13 @@ class _Facts(NamedTuple):
     content_type: str | None
 
 
-def _settle(attempt: _Attempt) -> _Facts:
-    """The facts of a finished attempt as :func:`_finalize` and :func:`_line` read them: the
-    resource from the URL, the request's retry count, the five response headers wanted, the
-    model of a large body, the kept chunks joined and cut to size, the TTFT from the head's
-    arrival times."""
-    request = attempt.request
-    body = getattr(request, "_content", None)
-    head, tail, ttft, sse, cut = attempt.head, attempt.tail, attempt.ttft, attempt.sse, attempt.cut
+def _settle(queued: tuple[Any, ...]) -> _Facts:
+    """The facts of a finished attempt (the tuple :meth:`_Attempt._finish` queued) as
+    :func:`_finalize` and :func:`_line` read them: the resource from the URL, the model of a
+    large body, the kept chunks joined and cut to size, the TTFT from the head's arrival
+    times (the header values were picked on the request path)."""
+    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, retry, url, head,
+     tail, sse, cut) = queued[:16]  # fmt: skip
     model = None
     if body is not None and len(body) > _BODY_DEFER_MAX:
         model, body = _model_of(body), None
@@ -916,26 +943,24 @@ def _settle(attempt: _Attempt) -> _Facts:
         head_bytes, cut = b"", True
     elif len(tail_bytes) > _TAIL_KEEP:
         tail_bytes, cut = tail_bytes[-_TAIL_KEEP:], True
-    headers = attempt.headers
-    values = [None] * 5 if headers is None else _wanted(headers, _RESPONSE_NAMES)
     return _Facts(
-        attempt.wall,
-        attempt.t0,
-        attempt.t_head,
+        wall,
+        t0,
+        t_head,
         ttft,
-        attempt.t_end,
-        attempt.status,
-        attempt.complete,
-        attempt.error,
-        attempt.resource or _resource_of(request.url),
-        _wanted(request.headers, _REQUEST_NAMES)[0],
+        t_end,
+        status,
+        complete,
+        error,
+        resource or _resource_of(url),
+        retry,
         body,
         model,
         head_bytes,
         tail_bytes,
         cut,
         sse,
-        *values,
+        *queued[16:],
     )
 
 
@@ -991,23 +1016,31 @@ def _finalize(f: _Facts) -> dict[str, Any]:
     return record
 
 
-# The fast path of the writer (what nearly every streamed record takes). ``_finalize`` builds a
-# dict that the C encoder then walks key by key; for a stream that is most of the writer's CPU.
-# Here the line is written by one f-string in the record's key order, with only the variable
-# strings escaped (the ``json`` module's own C escaper), and the usage read straight from the
-# bytes of the two events that carry it. Anything this path does not recognise as the usual
-# shape returns None and takes ``_finalize``: the tests check that both write the same bytes.
+# The fast path of the writer (what nearly every record takes: a stream, or a whole successful
+# JSON body). ``_finalize`` builds a dict that the C encoder then walks key by key; for a stream
+# that is most of the writer's CPU. Here the line is written by one f-string in the record's key
+# order, with only the variable strings escaped (the ``json`` module's own C escaper), times
+# formatted once (``%.3f``, where ``round`` then ``repr`` converted each twice), and a stream's
+# usage read straight from the bytes of the two events that carry it. Anything this path does
+# not recognise as the usual shape returns None and takes ``_finalize``: the tests check that
+# both write the same record (the same JSON values, key order included).
 _ESC = json.encoder.encode_basestring_ascii
 _START_LINE = b'data: {"type":"message_start",'
 _DELTA_LINE = b'data: {"type":"message_delta",'
 
 
 def _line(f: _Facts, logged: str) -> str | None:
-    """The JSON line of a streamed attempt's facts (what ``_encode(_finalize(facts))`` with
-    ``logged`` writes), or None when it is not the usual shape (then the general path runs)."""
-    if not f.sse or type(f.status) is not int or type(f.complete) is not bool:
+    """The JSON line of an attempt's facts (what ``_encode(_finalize(facts))`` with ``logged``
+    writes), or None when it is not the usual shape (then the general path runs): a stream, or
+    a whole successful JSON body."""
+    if type(f.status) is not int or type(f.complete) is not bool:
         return None
-    usage = _sse_usage(f.head, f.tail, f.cut)
+    if f.sse:
+        usage = _sse_usage(f.head, f.tail, f.cut)
+    elif f.status < 400 and f.head and not f.tail and not f.cut:
+        usage = _json_usage(f.head)
+    else:
+        return None
     if usage is None:
         return None
     pairs, found = usage
@@ -1019,10 +1052,10 @@ def _line(f: _Facts, logged: str) -> str | None:
         f'"apim_request_id":{_ESC(f.apim_request_id or "")}'
     )
     if f.t_head:
-        line += f',"ttfb_ms":{round((f.t_head - f.t0) * 1000, 3)!r}'
+        line += f',"ttfb_ms":{(f.t_head - f.t0) * 1000:.3f}'
     if f.ttft:
-        line += f',"ttft_ms":{round((f.ttft - f.t0) * 1000, 3)!r}'
-    line += f',"latency_ms":{round((f.t_end - f.t0) * 1000, 3)!r},"complete":' + (
+        line += f',"ttft_ms":{(f.ttft - f.t0) * 1000:.3f}'
+    line += f',"latency_ms":{(f.t_end - f.t0) * 1000:.3f},"complete":' + (
         "true" if f.complete else "false"
     )
     if f.error:
@@ -1098,6 +1131,23 @@ def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] 
 
 
 _PAIR = b'"%s":%s'.__mod__
+_INT_PAIR = '"%s":%d'.__mod__
+
+
+def _json_usage(body: bytes) -> tuple[str, bytes | None] | None:
+    """A whole JSON body's usage (JSON members, without braces) and raw ``model`` value, as
+    :func:`_read_json` reads them (the usage object found from the end, the first ``model``
+    of the first 512 bytes); None when that would take the full parse, or a value that is not
+    an integer."""
+    usage = _tail_usage(body)
+    if usage is None:
+        return None
+    for value in usage.values():
+        if type(value) is not int:
+            return None
+    return ",".join(map(_INT_PAIR, usage.items())), _model_at(body, 0, 512)
+
+
 #: Digits that ``int()`` (the general path) would not copy as they are: a leading zero, or
 #: too many (``int`` refuses over ``sys.get_int_max_str_digits()``).
 _ODD_NUMBER = re.compile(rb":(?:0\d|\d{19})")
