@@ -32,12 +32,13 @@ Never in the way: the response stream is passed through chunk by chunk (observed
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
 delta of a stream, from which the writer finds the TTFT); at the end, one flat tuple of times,
-bytes and the header values wanted goes into a bounded buffer, never an object of the call
+bytes and header entries goes into a bounded buffer, never an object of the call
 (when it is full the record is dropped and counted, never waited for; a body with more than
-64 KB kept is cut to what the writer reads first). Reading the request's model and URL,
-joining and searching the chunks, parsing usage, formatting times and JSON encoding happen on
-a background writer thread, which wakes once a second and releases the GIL every few records,
-so a slow or broken disk neither slows nor breaks the application. The spool is append-only
+64 KB kept is cut to what the writer reads first). Reading the request's model, retry count
+and URL, picking the response headers wanted, joining and searching the chunks, parsing usage,
+formatting times and JSON encoding happen on a background writer thread, which wakes once a
+second and releases the GIL every few records, so a slow or broken disk neither slows nor
+breaks the application. The spool is append-only
 JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per path per
 process; several processes may share a path (each batch is one ``O_APPEND`` write, and a writer
 notices that another rotated the file).
@@ -500,10 +501,10 @@ class _Attempt:
     """One HTTP attempt, from the application's side: time stamps and references.
 
     While the call runs, only references are kept (the request, the response's headers, its
-    first and last chunks). When it ends, :meth:`_finish` stamps the end, picks the six
-    header values wanted and queues a flat tuple of what the record needs for the spool's
-    writer thread, which reads the rest out of it (:func:`_settle`: the request's ``model``,
-    the URL's resource, the kept chunks) and turns them into the record (:func:`_line` or
+    first and last chunks). When it ends, :meth:`_finish` stamps the end and queues a flat
+    tuple of what the record needs for the spool's writer thread, which reads the values out
+    of it (:func:`_settle`: the request's ``model`` and retry count, the URL's resource, five
+    response headers, the kept chunks) and turns them into the record (:func:`_line` or
     :func:`_finalize`). Subclassed by the stream wrappers (:func:`_stream_classes`), so one
     object per attempt.
     """
@@ -532,20 +533,20 @@ class _Attempt:
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
         """The end of the attempt: stamp it and queue its facts for the writer (never raises).
 
-        What is queued is one flat tuple of times, bytes, the six header values wanted and the
-        kept chunks, never the request, the response, their headers or this attempt: whatever
-        outlives the call survives the young generations of Python's cyclic GC, is traversed by
-        them and, promoted, hastens full collections of the application's whole heap. Queuing
-        the attempt itself (which holds the request and its URL, headers, extensions and
-        stream) cost more GC time than the writer's own work: ``gc.callbacks`` timings over the
-        replay of ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per
-        JSON call over plain calls (one full collection of a 160,000-object heap in 3,000 calls
-        among them), against 6 µs for this tuple.
-        The header values are picked here, while the application has just read the headers
-        (a few C searches of ~20 short entries): the writer thread, reading them a second
-        later, paid for cold memory. The exception goes by name (no traceback waits). A large
-        response or request body is cut (and its model read) here instead, so that the buffer
-        holds only the bytes the writer reads.
+        What is queued is one flat tuple of times, bytes, the request's and the response's
+        header entries (copied to tuples) and the kept chunks, never the request, the response,
+        their headers objects or this attempt: whatever outlives the call survives the young
+        generations of Python's cyclic GC, is traversed by them and, promoted, hastens full
+        collections of the application's whole heap. Queuing the attempt itself (which holds
+        the request and its URL, headers, extensions and stream) cost more GC time than the
+        writer's own work: ``gc.callbacks`` timings over the replay of
+        ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per JSON call
+        over plain calls (one full collection of a 160,000-object heap in 3,000 calls among
+        them), against 6 µs for this tuple. Picking the six header values here instead more than
+        doubled the instructions the request path adds (callgrind, GC off: 53 against 23
+        thousand per JSON call); the writer does it. The exception goes by name (no traceback
+        waits). A large response or request body is cut (and its model read) here instead, so
+        that the buffer holds only the bytes the writer reads.
         """
         if self.done:
             return
@@ -571,13 +572,13 @@ class _Attempt:
                 "" if error is None else type(error).__name__,
                 self.resource,
                 body,
-                _wanted(sent, _REQUEST_NAMES)[0],
+                _entries(sent),
                 getattr(url, "_uri_reference", url),
                 tuple(head),
                 tuple(tail),
                 self.sse,
                 self.cut,
-                *(_NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
+                None if headers is None else _entries(headers),
             )
             if kept <= _FULL_PARSE_MAX and weight - kept <= _BODY_DEFER_MAX:
                 spool.put(facts, weight)
@@ -586,6 +587,14 @@ class _Attempt:
             spool.put(settled, len(settled.head) + len(settled.tail) + len(settled.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
+
+
+def _entries(headers: Any) -> Any:
+    """httpx/httpx2 headers as a tuple of their ``(raw name, lowercased name, value)`` entries,
+    for the writer to pick from (bytes only: the GC stops tracking such tuples at its first
+    look, so a queued one is never promoted); another library's headers object as it is."""
+    entries = getattr(headers, "_list", None)
+    return headers if entries is None else tuple(entries)
 
 
 class _SyncObserved(_Attempt):
@@ -918,11 +927,11 @@ class _Facts(NamedTuple):
 
 def _settle(queued: tuple[Any, ...]) -> _Facts:
     """The facts of a finished attempt (the tuple :meth:`_Attempt._finish` queued) as
-    :func:`_finalize` and :func:`_line` read them: the resource from the URL, the model of a
-    large body, the kept chunks joined and cut to size, the TTFT from the head's arrival
-    times (the header values were picked on the request path)."""
-    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, retry, url, head,
-     tail, sse, cut) = queued[:16]  # fmt: skip
+    :func:`_finalize` and :func:`_line` read them: the resource from the URL, the request's
+    retry count, the five response headers wanted, the model of a large body, the kept chunks
+    joined and cut to size, the TTFT from the head's arrival times."""
+    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, sent, url, head,
+     tail, sse, cut, headers) = queued  # fmt: skip
     model = None
     if body is not None and len(body) > _BODY_DEFER_MAX:
         model, body = _model_of(body), None
@@ -953,14 +962,14 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
         complete,
         error,
         resource or _resource_of(url),
-        retry,
+        _wanted(sent, _REQUEST_NAMES)[0],
         body,
         model,
         head_bytes,
         tail_bytes,
         cut,
         sse,
-        *queued[16:],
+        *(_NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
     )
 
 
