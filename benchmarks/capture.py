@@ -22,7 +22,8 @@ noise floor of the machine: an A/B difference smaller than the A/A one is not re
    Cost = median (and mean) over rounds of the process-CPU difference per call (all threads);
    A/A the same for plain again - plain. Also shown: the writer thread's own share, and the
    cost as % of the plain median latency of (1) (the latency it would add if all of it were on
-   the request path).
+   the request path), and the cyclic GC's collections per 1000 calls in each arm (whatever
+   capture keeps alive until its writer runs is counted and traversed by them).
 
 Targets (issue 8): capture CPU < 50 µs per call, and < 1 % of a call's latency against the
 emulator (JSON and SSE). Sizes: ``FW_BENCH_CAPTURE_CALLS`` (1500 emulator calls per arm and
@@ -32,6 +33,7 @@ kind), ``FW_BENCH_CAPTURE_BLOCKS`` rounds of ``BLOCK`` (100) in-memory calls per
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import random
@@ -191,7 +193,15 @@ def _cpu(recorded: dict[bool, tuple[list[bytes], list]], spool: Path) -> dict[st
     }
     rng = random.Random(8)
     results = {}
+    running = ["plain"]
+    collections: dict[str, list[int]] = {}
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections[running[0]][info["generation"]] += 1
+
     for stream in (False, True):
+        collections.update({name: [0, 0, 0] for name in ARMS})
         for client in arms.values():
             for _ in range(BLOCK):
                 _one(client, stream)
@@ -203,16 +213,22 @@ def _cpu(recorded: dict[bool, tuple[list[bytes], list]], spool: Path) -> dict[st
             rng.shuffle(order)
             for name in order:
                 client = arms[name]
+                running[0] = name
+                gc.callbacks.append(count)
                 c0 = time.process_time()
                 for _ in range(BLOCK):
                     _one(client, stream)
                 if name == "captured":
                     capture.flush(spool)  # the writer's work for this block, counted here
                 per_block[name].append((time.process_time() - c0) / BLOCK)
+                gc.callbacks.remove(count)
         stats = capture.spool_stats(spool)
         results["SSE" if stream else "JSON"] = {
             **_paired(per_block, rng),
             "writer": (stats.get("writer_cpu_s", float("nan")) - writer0) / (BLOCKS * BLOCK),
+            "gc": {
+                name: [n * 1000 / (BLOCKS * BLOCK) for n in c] for name, c in collections.items()
+            },
         }
     return results
 
@@ -223,6 +239,10 @@ def _us(seconds: float) -> str:
 
 def _pct(value: float, of: float) -> str:
     return f"{value / of * 100:+.2f} %"
+
+
+def _per_generation(counts: list[float]) -> str:
+    return "/".join(f"{n:.0f}" if n >= 10 else f"{n:.1f}" for n in counts)
 
 
 def _verdict(estimate: float, target: float, aa: float, ci: tuple[float, float]) -> str:
@@ -326,6 +346,16 @@ def main() -> Table:
             "< 50 µs: "
             + _verdict(use["cost"], CPU_TARGET, use["aa"], use["cost_ci"])
             + ("" if use["cost_mean"] < CPU_TARGET else " (mean MISSED)"),
+        )
+        table.add_row(
+            kind,
+            "GC collections per 1000 calls of the replay, generations 0/1/2 (what capture keeps "
+            "alive until its writer runs adds young collections and can bring full ones)",
+            _per_generation(use["gc"]["plain"]),
+            _per_generation(use["gc"]["captured"]),
+            "",
+            _per_generation(use["gc"]["plain again"]),
+            "",
         )
         table.add_row(
             kind,
