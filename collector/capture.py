@@ -32,18 +32,17 @@ Never in the way: the response stream is passed through chunk by chunk (observed
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
 delta of a stream, from which the writer finds the TTFT); at the end, one flat tuple of times,
-bytes and header entries goes into a bounded buffer, never an object of the call
-(when it is full the record is dropped and counted, never waited for; a body with more than
-64 KB kept is cut to what the writer reads first). Reading the request's model, retry count
-and URL, picking the response headers wanted, joining and searching the chunks, parsing usage,
-formatting times and JSON encoding happen on a background writer thread, which wakes once a
-second and releases the GIL every few records, so a slow or broken disk neither slows nor
-breaks the application. The spool is append-only
-JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per path per
-process; several processes may share a path (each batch is one ``O_APPEND`` write, and a writer
-notices that another rotated the file).
-``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
-Overhead is measured by ``python -m benchmarks capture``.
+bytes and header entries goes into a bounded buffer, never an object of the call (when it is
+full the record is dropped and counted, never waited for; a body with more than 64 KB kept is
+cut to what the writer reads first). Reading the request's model, retry count and URL, picking
+the response headers wanted, joining and searching the chunks, parsing usage, formatting times
+and JSON encoding happen on a background writer thread, which wakes once a second and releases
+the GIL every few records, so a slow or broken disk neither slows nor breaks the application.
+The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one
+writer thread per path per process; several processes may share a path (each batch is one
+``O_APPEND`` write, and a writer notices that another rotated the file). ``spool_stats(path)``
+reports records written, dropped, failed and queued, and the writer's CPU. Overhead is measured
+by ``python -m benchmarks capture``.
 
 Dependency-light by design: stdlib only at import time (the HTTP library is imported when a
 client is instrumented, and it is the one the application already uses). This file can be
@@ -323,7 +322,7 @@ class Spool:
                         if type(record) is tuple:
                             record = _settle(record)
                         try:
-                            line = _line(record, logged)  # a stream's usual shape
+                            line = _line(record, logged)  # the usual shape
                         except Exception:
                             line = None
                         if line is None:
@@ -1140,6 +1139,9 @@ def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] 
 
 
 _PAIR = b'"%s":%s'.__mod__
+#: Digits that ``int()`` (the general path) would not copy as they are: a leading zero, or
+#: too many (``int`` refuses over ``sys.get_int_max_str_digits()``).
+_ODD_NUMBER = re.compile(rb":(?:0\d|\d{19})")
 _INT_PAIR = '"%s":%d'.__mod__
 
 
@@ -1155,11 +1157,6 @@ def _json_usage(body: bytes) -> tuple[str, bytes | None] | None:
         if type(value) is not int:
             return None
     return ",".join(map(_INT_PAIR, usage.items())), _model_at(body, 0, 512)
-
-
-#: Digits that ``int()`` (the general path) would not copy as they are: a leading zero, or
-#: too many (``int`` refuses over ``sys.get_int_max_str_digits()``).
-_ODD_NUMBER = re.compile(rb":(?:0\d|\d{19})")
 
 
 def _model_at(data: bytes, start: int, end: int) -> bytes | None:
