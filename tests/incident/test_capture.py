@@ -504,7 +504,7 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
 
 
 def test_queued_facts_hold_no_object_of_the_call(tmp_path: Path) -> None:
-    """What waits for the writer is a flat tuple of times, bytes and lists, never the request,
+    """What waits for the writer is a flat tuple of times, bytes and tuples, never the request,
     the response or the attempt: once the application drops the response, all of them are
     freed before the writer runs (a queued object would survive the GC's young generations).
     A failed attempt holds its error by name only; no key or prompt reaches the spool."""
