@@ -668,40 +668,68 @@ _END = {
 _USUAL = _sse(_START, _BLOCK, {"type": "ping"}, _DELTA, _DELTA, _END, {"type": "message_stop"})
 
 
-def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> capture._Facts:
-    """An attempt's facts as the writer reads them (``_settle`` of what ``_finish`` left)."""
-    facts = {
-        "wall": 1767323045.678,
-        "t0": 100.0,
-        "t_head": 100.001,
-        "ttft": 100.0125,
-        "t_end": 100.25,
-        "status": 200,
-        "complete": True,
-        "error": "",
-        "resource": "res",
+_HEADER_OF = {
+    "retry": "x-stainless-retry-count",
+    "request_id": "request-id",
+    "apim_request_id": "apim-request-id",
+    "region": "x-ms-region",
+    "retry_after": "retry-after",
+    "content_type": "content-type",
+}
+
+
+def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tuple:
+    """A finished attempt as ``_Attempt._finish`` queues it for the writer: ``head`` one chunk
+    (arrived at 100.0125 s), ``tail`` one; header values by the names of ``_HEADER_OF`` (None:
+    absent), the rest by the queued field's name."""
+    values = {
         "retry": "0",
-        "body": b'{"model":"dep-1","stream":true}',
-        "model": None,
-        "head": head,
-        "tail": tail,
-        "cut": cut,
-        "sse": True,
         "request_id": "req_0123",
         "apim_request_id": "3f1c",
         "region": "eastus2",
         "retry_after": None,
         "content_type": "text/event-stream; charset=utf-8",
     }
-    facts.update(changes)
-    return capture._Facts(**facts)
+    facts = {
+        "wall": 1767323045.678,
+        "t0": 100.0,
+        "t_head": 100.001,
+        "ttft": 0.0,
+        "t_end": 100.25,
+        "status": 200,
+        "complete": True,
+        "error": "",
+        "resource": "res",
+        "body": b'{"model":"dep-1","stream":true}',
+        "sent": None,
+        "url": None,
+        "head": ((head, 100.0125),) if head else (),
+        "tail": (tail,) if tail else (),
+        "sse": False,
+        "cut": cut,
+        "headers": None,
+    }
+    for name, value in changes.items():
+        (values if name in _HEADER_OF else facts)[name] = value
+
+    def entries(*names: str) -> tuple:
+        return tuple(
+            (_HEADER_OF[n].title().encode(), _HEADER_OF[n].encode(), values[n].encode("latin-1"))
+            for n in names
+            if values[n] is not None
+        )
+
+    facts["sent"] = ((b"X-Api-Key", b"x-api-key", b"k"), *entries("retry"))
+    if facts["headers"] is None:
+        facts["headers"] = ((b"Date", b"date", b"x"), *entries(*list(_HEADER_OF)[1:]))
+    return tuple(facts.values())
 
 
-def _same_line(facts: capture._Facts) -> str | None:
+def _same_line(queued: tuple) -> str | None:
     """The fast path's line, checked to be the general path's record (or absent: fallback):
     the same values in the same key order (times may differ only in trailing zeros)."""
-    general = capture._encode({**capture._finalize(facts), "logged": _LOGGED})
-    fast = capture._line(facts, _LOGGED)
+    general = capture._encode({**capture._finalize(capture._settle(queued)), "logged": _LOGGED})
+    fast = capture._line(queued, _LOGGED)
     if fast is not None:
         same = list(json.loads(fast).items()) == list(json.loads(general).items())
         assert same and fast.isascii() and "\n" not in fast, (fast, general)
@@ -727,11 +755,18 @@ def test_fast_stream_line_is_the_general_line() -> None:
         {"error": "ReadTimeout", "complete": False, "status": 529},
         {"retry": "3", "retry_after": "12" * 40, "region": None},
         {"retry": None, "request_id": None, "apim_request_id": 'é"\\\n'},
-        {"content_type": None, "model": "from-request", "resource": "r\u2603"},
+        {"content_type": None, "body": b'{"model":"from-request"}', "resource": "r\u2603"},
         {"content_type": "application/json"},
+        {"sse": True, "ttft": 100.02},  # the request path found the first delta
+        {
+            "body": None,
+            "resource": None,
+            "url": httpx2.URL("https://x.services.ai.azure.com/a")._uri_reference,
+        },
     ):
         assert _same_line(_facts(head, _sse(_END), **changes)) is not None, changes
-    for changes in ({"status": None}, {"complete": 1}, {"sse": False}):  # not the usual shape
+    for changes in ({"status": None}, {"complete": 1}, {"headers": {"request-id": "r"}}):
+        # not the usual shape
         assert capture._line(_facts(head, _sse(_END), **changes), _LOGGED) is None
 
 
