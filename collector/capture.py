@@ -31,12 +31,13 @@ bytes only for ``usage`` and the error type.
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
-delta of a stream, from which the writer finds the TTFT); at the end, one flat tuple of times,
-bytes and header entries goes into a bounded buffer, never an object of the call (when it is
-full the record is dropped and counted, never waited for; a body with more than 64 KB kept is
-cut to what the writer reads first). Reading the request's model, retry count and URL, picking
-the response headers wanted, joining and searching the chunks, parsing usage, formatting times
-and JSON encoding happen on a background writer thread, which wakes once a second and releases
+delta of a stream, from which the writer finds the TTFT); at the end, the request's retry count
+and resource are read, and one flat tuple of times, bytes and the response's header entries goes
+into a bounded buffer, never an object of the call (when it is full the record is dropped and
+counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
+first). Reading the request's model, picking the response headers wanted, joining and searching
+the chunks, parsing usage, formatting times and JSON encoding happen on a background writer
+thread, which wakes once a second and releases
 the GIL every few records, so a slow or broken disk neither slows nor breaks the application.
 The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one
 writer thread per path per process; several processes may share a path (each batch is one
@@ -156,6 +157,7 @@ def _encode(record: dict[str, Any]) -> str:
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _WEIGHT = operator.itemgetter(1)
 _LOWER = operator.itemgetter(1)
+_NAME_VALUE = operator.itemgetter(1, 2)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -532,20 +534,25 @@ class _Attempt:
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
         """The end of the attempt: stamp it and queue its facts for the writer (never raises).
 
-        What is queued is one flat tuple of times, bytes, the request's and the response's
-        header entries (copied to tuples) and the kept chunks, never the request, the response,
-        their headers objects or this attempt: whatever outlives the call survives the young
-        generations of Python's cyclic GC, is traversed by them and, promoted, hastens full
-        collections of the application's whole heap. Queuing the attempt itself (which holds
-        the request and its URL, headers, extensions and stream) cost more GC time than the
-        writer's own work: ``gc.callbacks`` timings over the replay of
+        What is queued is one flat tuple of times, bytes, the request's retry count and resource,
+        the response's header entries (copied to a tuple) and the kept chunks, never the
+        request, the response, their headers objects or this attempt: whatever outlives the call
+        survives the young generations of Python's cyclic GC, is traversed by them and,
+        promoted, hastens full collections of the application's whole heap. Queuing the attempt
+        itself (which holds the request and its URL, headers, extensions and stream) cost more
+        GC time than the writer's own work: ``gc.callbacks`` timings over the replay of
         ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per JSON call
-        over plain calls (one full collection of a 160,000-object heap in 3,000 calls among
-        them), against 6 µs for this tuple. Picking the six header values here instead more than
-        doubled the instructions the request path adds (callgrind, GC off: 53 against 23
-        thousand per JSON call); the writer does it. The exception goes by name (no traceback
-        waits). A large response or request body is cut (and its model read) here instead, so
-        that the buffer holds only the bytes the writer reads.
+        over plain calls, against 6 µs for a tuple. What the tuple keeps alive costs too, GC or
+        not: the memory the application would have reused at once stays taken until the writer
+        runs, so its next allocations land on colder memory. The request's ~20 header entries
+        (~80 objects) and its parsed URL are therefore read here (a loop that stops at the retry
+        count, fifth or so; the resource cache) rather than kept; with them kept, 100 JSON calls
+        of that replay held until a drop cost ~40 against ~15 µs a call dropped at once (GC off
+        or on alike). The response's entries (~30 objects) are still copied, not picked: a dict
+        of them here made the request path ~30 thousand instructions longer (callgrind) and the
+        JSON latency target was missed. The exception goes by name (no traceback waits). A
+        large response or request body is cut (and its model read) here instead, so that the
+        buffer holds only the bytes the writer reads.
         """
         if self.done:
             return
@@ -557,7 +564,6 @@ class _Attempt:
             kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
             body = getattr(request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
-            sent = request.headers
             headers = self.headers
             url = None if self.resource else request.url
             facts = (
@@ -569,10 +575,9 @@ class _Attempt:
                 self.status,
                 complete,
                 "" if error is None else type(error).__name__,
-                self.resource,
+                self.resource or _resource_of(getattr(url, "_uri_reference", url)),
                 body,
-                _entries(sent),
-                getattr(url, "_uri_reference", url),
+                _wanted(request.headers, _REQUEST_NAMES)[0],
                 tuple(head),
                 tuple(tail),
                 self.sse,
@@ -589,9 +594,9 @@ class _Attempt:
 
 
 def _entries(headers: Any) -> Any:
-    """httpx/httpx2 headers as a tuple of their ``(raw name, lowercased name, value)`` entries,
-    for the writer to pick from (bytes only: the GC stops tracking such tuples at its first
-    look, so a queued one is never promoted); another library's headers object as it is."""
+    """httpx/httpx2 response headers as a tuple of their ``(raw name, lowercased name, value)``
+    entries, for the writer to pick from (bytes only: the GC stops tracking such tuples at its
+    first look); another library's headers object as it is."""
     entries = getattr(headers, "_list", None)
     return headers if entries is None else tuple(entries)
 
@@ -868,22 +873,34 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
     return out or None
 
 
-def _wanted(headers: Any, names: tuple[bytes, ...]) -> list[str | None]:
-    """The first value of each of ``names`` (lowercase) in ``headers``, as text: from
-    httpx/httpx2's own list of ``(raw name, lowercased name, value)`` (or their ``Headers``,
-    which hold one) by C searches of the lowercased names, or from any other mapping of str to
-    str. (A dict of all the names, by C code too, cost several times this: each name hashed.)"""
+def _wanted(headers: Any, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
+    """The first value of each of ``names`` (lowercase) in ``headers``, as bytes (latin-1):
+    from httpx/httpx2's own list of ``(raw name, lowercased name, value)`` (their ``Headers``
+    hold one; or a tuple of its entries), by a loop that stops at the one name wanted (the
+    request's retry count comes fifth of twenty or so), or one dict built by C code for several;
+    or from any other mapping of str to str."""
     entries = headers if type(headers) is tuple else getattr(headers, "_list", None)
     if type(entries) in (tuple, list) and (not entries or len(entries[0]) == 3):
-        lowered = list(map(_LOWER, entries))
-        return [
-            entries[lowered.index(n)][2].decode("latin-1") if n in lowered else None for n in names
-        ]
+        if len(names) == 1:
+            name = names[0]
+            for entry in entries:
+                if entry[1] == name:
+                    return (entry[2],)
+            return (None,)
+        found = dict(map(_NAME_VALUE, reversed(entries)))  # reversed: the first of duplicates
+        return tuple(map(found.get, names))
     try:
-        text = {name.lower(): value for name, value in reversed(list(headers.items()))}
-        return [text.get(n.decode("latin-1")) for n in names]
+        text = {
+            name.lower().encode("latin-1", "replace"): value.encode("latin-1", "replace")
+            for name, value in reversed(list(headers.items()))
+        }
+        return tuple(map(text.get, names))
     except Exception:
-        return [None] * len(names)
+        return (None,) * len(names)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 #: The SDK's attempt number, from the request's headers.
@@ -927,11 +944,10 @@ class _Facts(NamedTuple):
 def _settle(queued: tuple[Any, ...]) -> _Facts:
     """The facts of a finished attempt (the tuple :meth:`_Attempt._finish` queued) as
     :func:`_finalize` reads them (:func:`_line` reads the usual shapes the same way, inline):
-    the resource from the URL, the request's retry count, the five response headers wanted,
-    the model of a large body, the kept chunks joined and cut to size, the TTFT from the head's
-    arrival times."""
-    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, sent, url, head,
-     tail, sse, cut, headers) = queued  # fmt: skip
+    the header values as text, the model of a large body, the kept chunks joined and cut to
+    size, the TTFT from the head's arrival times."""
+    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, retry, head, tail,
+     sse, cut, headers) = queued  # fmt: skip
     model = None
     if body is not None and len(body) > _BODY_DEFER_MAX:
         model, body = _model_of(body), None
@@ -961,15 +977,15 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
         status,
         complete,
         error,
-        resource or _resource_of(url),
-        _wanted(sent, _REQUEST_NAMES)[0],
+        resource,
+        _text(retry),
         body,
         model,
         head_bytes,
         tail_bytes,
         cut,
         sse,
-        *(_NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
+        *map(_text, _NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
     )
 
 
@@ -1028,8 +1044,8 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # The fast path of the writer (what nearly every record takes: a stream, or a whole successful
 # JSON body). ``_settle`` then ``_finalize`` build a named tuple and a dict that the C encoder
 # walks key by key. Here the queued tuple goes to its line in one function: the response
-# headers wanted are picked from one dict built by C code (where ``_wanted`` searches a list per
-# name), the line is written by f-strings in the record's key order with only the variable
+# headers wanted are picked from one dict built by C code (a list searched per name cost
+# more), the line is written by f-strings in the record's key order with only the variable
 # strings escaped (the ``json`` module's own C escaper), times formatted once (``%.3f``), the
 # usage written through one cached ``%`` template per set of keys, and a stream's usage read
 # straight from the bytes of the two events that carry it. Callgrind (GC off, per record of the
@@ -1040,21 +1056,18 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 _ESC = json.encoder.encode_basestring_ascii
 _START_LINE = b'data: {"type":"message_start",'
 _DELTA_LINE = b'data: {"type":"message_delta",'
-_NAME_VALUE = operator.itemgetter(1, 2)
-_RETRY_NAME = _REQUEST_NAMES[0]
 
 
 def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     """The JSON line of a finished attempt (the tuple :meth:`_Attempt._finish` queued), the one
     ``_encode(_finalize(_settle(queued)))`` with ``logged`` writes; or None when it is not the
     usual shape (then the general path runs): a stream, or a whole successful JSON body."""
-    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, sent, url, head,
-     tail, sse, cut, headers) = queued  # fmt: skip
+    (wall, t0, t_head, ttft, t_end, status, complete, error, resource, body, retry, head, tail,
+     sse, cut, headers) = queued  # fmt: skip
     if (
         type(status) is not int
         or type(complete) is not bool
         or type(headers) is not tuple
-        or type(sent) is not tuple
         or not head
         or (body is not None and len(body) > _BODY_DEFER_MAX)
     ):
@@ -1082,9 +1095,12 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     picked = dict(map(_NAME_VALUE, reversed(headers)))  # reversed: the first of duplicates
     request_id = picked.get(b"request-id")
     apim_request_id = picked.get(b"apim-request-id")
+    region = picked.get(b"x-ms-region")
+    retry_after = picked.get(b"retry-after")
+    content_type = picked.get(b"content-type")
     line = (
         f'{{"v":{VERSION},"time":"{_iso(wall)}","deployment":{_ESC(_model_of(body))},'
-        f'"status":{status},"resource":{_ESC(resource or _resource_of(url))},'
+        f'"status":{status},"resource":{_ESC(resource)},'
         f'"request_id":{_ESC(request_id.decode("latin-1") if request_id else "")},'
         f'"apim_request_id":'
         f"{_ESC(apim_request_id.decode('latin-1') if apim_request_id else '')}"
@@ -1098,18 +1114,12 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     )
     if error:
         line += f',"error":{_ESC(error)}'
-    lowered = list(map(_LOWER, sent))
-    if _RETRY_NAME in lowered:
-        retry = sent[lowered.index(_RETRY_NAME)][2]
-        if retry.isdigit():  # bytes: ASCII digits only
-            line += f',"attempt":{int(retry)}'
-    region = picked.get(b"x-ms-region")
+    if retry and retry.isdigit():  # bytes: ASCII digits only
+        line += f',"attempt":{int(retry)}'
     if region is not None:
         line += f',"region":{_ESC(region.decode("latin-1"))}'
-    retry_after = picked.get(b"retry-after")
     if retry_after is not None:
         line += f',"retry_after":{_ESC(retry_after[:32].decode("latin-1"))}'
-    content_type = picked.get(b"content-type")
     if content_type:
         if content_type.find(b"text/event-stream") >= 0:
             line += ',"stream":true'

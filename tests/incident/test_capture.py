@@ -678,10 +678,13 @@ _HEADER_OF = {
 }
 
 
-def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tuple:
+def _facts(
+    head: bytes, tail: bytes = b"", cut: bool = False, chunks: list | None = None, **changes
+) -> tuple:
     """A finished attempt as ``_Attempt._finish`` queues it for the writer: ``head`` one chunk
-    (arrived at 100.0125 s), ``tail`` one; header values by the names of ``_HEADER_OF`` (None:
-    absent), the rest by the queued field's name."""
+    (arrived at 100.0125 s) or ``chunks`` (with their times), ``tail`` one; header values
+    (text) by the names of ``_HEADER_OF`` (None: absent), the rest by the queued field's
+    name."""
     values = {
         "retry": "0",
         "request_id": "req_0123",
@@ -701,9 +704,8 @@ def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tupl
         "error": "",
         "resource": "res",
         "body": b'{"model":"dep-1","stream":true}',
-        "sent": None,
-        "url": None,
-        "head": ((head, 100.0125),) if head else (),
+        "retry": None,
+        "head": tuple(chunks) if chunks else ((head, 100.0125),) if head else (),
         "tail": (tail,) if tail else (),
         "sse": False,
         "cut": cut,
@@ -711,17 +713,15 @@ def _facts(head: bytes, tail: bytes = b"", cut: bool = False, **changes) -> tupl
     }
     for name, value in changes.items():
         (values if name in _HEADER_OF else facts)[name] = value
-
-    def entries(*names: str) -> tuple:
-        return tuple(
-            (_HEADER_OF[n].title().encode(), _HEADER_OF[n].encode(), values[n].encode("latin-1"))
-            for n in names
-            if values[n] is not None
-        )
-
-    facts["sent"] = ((b"X-Api-Key", b"x-api-key", b"k"), *entries("retry"))
+    retry = values.pop("retry")
+    facts["retry"] = None if retry is None else retry.encode("latin-1")
     if facts["headers"] is None:
-        facts["headers"] = ((b"Date", b"date", b"x"), *entries(*list(_HEADER_OF)[1:]))
+        entries = [(b"Date", b"date", b"x")]
+        for name, value in values.items():
+            if value is not None:
+                wire = _HEADER_OF[name].encode()
+                entries.append((wire.title(), wire, value.encode("latin-1")))
+        facts["headers"] = tuple(entries)
     return tuple(facts.values())
 
 
@@ -758,11 +758,7 @@ def test_fast_stream_line_is_the_general_line() -> None:
         {"content_type": None, "body": b'{"model":"from-request"}', "resource": "r\u2603"},
         {"content_type": "application/json"},
         {"sse": True, "ttft": 100.02},  # the request path found the first delta
-        {
-            "body": None,
-            "resource": None,
-            "url": httpx2.URL("https://x.services.ai.azure.com/a")._uri_reference,
-        },
+        {"body": None, "resource": ""},
     ):
         assert _same_line(_facts(head, _sse(_END), **changes)) is not None, changes
     for changes in ({"status": None}, {"complete": 1}, {"headers": {"request-id": "r"}}):
@@ -780,6 +776,23 @@ def test_fast_stream_line_split_at_every_byte() -> None:
         _same_line(_facts(_USUAL[:200], _USUAL[i:], cut=True))
         _same_line(_facts(head))
     assert fast_splits >= _USUAL.count(b"\n") // 3
+
+
+def test_fast_line_reads_heads_of_many_chunks_and_streams_too_long_to_join() -> None:
+    """A head of many chunks: the TTFT is the arrival of the chunk that completes the first
+    delta's mark. A stream longer than what is read as one (its head and tail read apart, the
+    tail not cut): the same line as the general path at every split near the boundary."""
+    chunks = [_USUAL[i : i + 37] for i in range(0, len(_USUAL), 37)]
+    fast = _same_line(_facts(b"", chunks=[(c, 100.0 + n / 1000) for n, c in enumerate(chunks)]))
+    assert fast is not None
+    completing = (_USUAL.find(b'"content_block_delta"') + 20) // 37
+    assert json.loads(fast)["ttft_ms"] == pytest.approx(completing)
+    long = _sse(_START, _BLOCK, *[_DELTA] * 800, _END, {"type": "message_stop"})
+    assert len(long) > capture._FULL_PARSE_MAX
+    taken = 0
+    for i in range(len(long) - 10_000, len(long) - 9_700):
+        taken += _same_line(_facts(long[:i], long[i:])) is not None
+    assert taken >= 2  # the splits at a line end take the fast path
 
 
 @pytest.mark.parametrize(
@@ -995,11 +1008,19 @@ def test_a_body_read_before_capture_saw_it_has_no_ttft(tmp_path: Path) -> None:
 
 
 def test_wanted_headers_first_of_duplicates_any_mapping() -> None:
-    """The writer's header pick: the first of repeated names wins, case does not matter, and a
-    plain mapping (another HTTP library's headers) works too."""
+    """The header pick (the request's on its path, the response's on the writer): the first of
+    repeated names wins, case does not matter (one name or several), and a plain mapping
+    (another HTTP library's headers) works too."""
     names = (b"request-id", b"x-ms-region", b"retry-after")
     headers = httpx2.Headers([("Request-Id", "req_1"), ("x-ms-region", "eastus2")])
     headers = httpx2.Headers([*headers.raw, (b"request-id", b"req_2")])
-    assert capture._wanted(headers, names) == ["req_1", "eastus2", None]
-    assert capture._wanted({"Request-Id": "req_3"}, names) == ["req_3", None, None]
-    assert capture._wanted(object(), names) == [None, None, None]
+    for picked in (headers, tuple(headers._list)):  # the request's, the queued response's
+        assert capture._wanted(picked, names) == (b"req_1", b"eastus2", None)
+        assert capture._wanted(picked, names[:1]) == (b"req_1",)
+        assert capture._wanted(picked, names[2:]) == (None,)
+    assert capture._wanted({"Request-Id": "réq_3"}, names) == (
+        "réq_3".encode("latin-1"),
+        None,
+        None,
+    )
+    assert capture._wanted(object(), names) == (None, None, None)
