@@ -37,8 +37,8 @@ into a bounded buffer, never an object of the call (when it is full the record i
 counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
 first). Reading the request's model, picking the response headers wanted, joining and searching
 the chunks, parsing usage, formatting times and JSON encoding happen on a background writer
-thread, which wakes once a second and releases
-the GIL every few records, so a slow or broken disk neither slows nor breaks the application.
+thread, which wakes once a second and releases the GIL every few records, so a slow or broken
+disk neither slows nor breaks the application.
 The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one
 writer thread per path per process; several processes may share a path (each batch is one
 ``O_APPEND`` write, and a writer notices that another rotated the file). ``spool_stats(path)``
@@ -503,11 +503,11 @@ class _Attempt:
 
     While the call runs, only references are kept (the request, the response's headers, its
     first and last chunks). When it ends, :meth:`_finish` stamps the end and queues a flat
-    tuple of what the record needs for the spool's writer thread, which reads the values out
-    of it (the request's ``model`` and retry count, the URL's resource, five response headers,
-    the kept chunks) and turns them into the record: :func:`_line` for the usual shapes,
-    :func:`_settle` then :func:`_finalize` for any other. Subclassed by the stream wrappers
-    (:func:`_stream_classes`), so one object per attempt.
+    tuple of what the record needs (the request's retry count and resource read, the rest
+    kept) for the spool's writer thread, which reads the values out of it (the request's
+    ``model``, five response headers, the kept chunks) and turns them into the record:
+    :func:`_line` for the usual shapes, :func:`_settle` then :func:`_finalize` for any other.
+    Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per attempt.
     """
 
     # Class-level defaults: an attribute set only when it happens costs nothing otherwise.
@@ -1049,8 +1049,10 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # strings escaped (the ``json`` module's own C escaper), times formatted once (``%.3f``), the
 # usage written through one cached ``%`` template per set of keys, and a stream's usage read
 # straight from the bytes of the two events that carry it. Callgrind (GC off, per record of the
-# replay in ``benchmarks/capture.py``) counted 163 thousand instructions for a JSON record and
-# 212 thousand for a stream through ``_settle`` and the previous fast line. Anything this path
+# replay in ``benchmarks/capture.py``, the writer alone) counted 163 thousand instructions for a
+# JSON record and 212 thousand for a stream through ``_settle`` and the previous fast line; 124
+# and 173 thousand now (the request's retry count, read on the request path, included before).
+# Anything this path
 # does not recognise as the usual shape returns None and takes the general path: the tests check
 # that both write the same record (the same JSON values, key order included).
 _ESC = json.encoder.encode_basestring_ascii
