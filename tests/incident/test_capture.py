@@ -759,8 +759,18 @@ def test_fast_stream_line_is_the_general_line() -> None:
         {"content_type": "application/json"},
         {"sse": True, "ttft": 100.02},  # the request path found the first delta
         {"body": None, "resource": ""},
+        {"retry": "\u00b2"},  # a latin-1 digit that is not ASCII: no attempt number
+        {"retry": "1x"},
+        {
+            "headers": (
+                (b"Request-Id", b"request-id", b"first"),
+                (b"request-id", b"request-id", b"2"),
+            )
+        },
     ):
         assert _same_line(_facts(head, _sse(_END), **changes)) is not None, changes
+    repeated = ((b"Request-Id", b"request-id", b"first"), (b"request-id", b"request-id", b"2nd"))
+    assert json.loads(_same_line(_facts(head, headers=repeated)))["request_id"] == "first"
     for changes in ({"status": None}, {"complete": 1}, {"headers": {"request-id": "r"}}):
         # not the usual shape
         assert capture._line(_facts(head, _sse(_END), **changes), _LOGGED) is None
