@@ -38,12 +38,11 @@ counted, never waited for; a body with more than 64 KB kept is cut to what the w
 first). Reading the request's model, picking the response headers wanted, joining and searching
 the chunks, parsing usage, formatting times and JSON encoding happen on a background writer
 thread, which wakes once a second and releases the GIL every few records, so a slow or broken
-disk neither slows nor breaks the application.
-The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one
-writer thread per path per process; several processes may share a path (each batch is one
-``O_APPEND`` write, and a writer notices that another rotated the file). ``spool_stats(path)``
-reports records written, dropped, failed and queued, and the writer's CPU. Overhead is measured
-by ``python -m benchmarks capture``.
+disk neither slows nor breaks the application. The spool is append-only JSONL, rotated at
+``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per path per process; several
+processes may share a path (each batch is one ``O_APPEND`` write, and a writer notices that
+another rotated the file). ``spool_stats(path)`` reports records written, dropped, failed and
+queued, and the writer's CPU. Overhead is measured by ``python -m benchmarks capture``.
 
 Dependency-light by design: stdlib only at import time (the HTTP library is imported when a
 client is instrumented, and it is the one the application already uses). This file can be
@@ -565,7 +564,6 @@ class _Attempt:
             body = getattr(request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
             headers = self.headers
-            url = None if self.resource else request.url
             facts = (
                 self.wall,
                 self.t0,
@@ -575,7 +573,7 @@ class _Attempt:
                 self.status,
                 complete,
                 "" if error is None else type(error).__name__,
-                self.resource or _resource_of(getattr(url, "_uri_reference", url)),
+                self.resource or _resource_of(request.url),
                 body,
                 _wanted(request.headers, _REQUEST_NAMES)[0],
                 tuple(head),
@@ -800,8 +798,9 @@ _RESOURCES: dict[str, str] = {}
 
 def _resource_of(url: Any) -> str:
     """The Foundry resource a URL names (host prefix, or ``/foundry/{name}/`` in the path):
-    ``url`` is httpx's parsed parts of one (``URL._uri_reference``) or any object with ``host``
-    and ``path``."""
+    ``url`` is an httpx/httpx2 ``URL`` (its parsed parts are read, not its properties, which
+    decode on each access) or any object with ``host`` and ``path``."""
+    url = getattr(url, "_uri_reference", url)
     host = getattr(url, "host", "") or ""
     path = getattr(url, "path", "") or ""
     key = f"{host}\n{path}"
@@ -1044,17 +1043,17 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # The fast path of the writer (what nearly every record takes: a stream, or a whole successful
 # JSON body). ``_settle`` then ``_finalize`` build a named tuple and a dict that the C encoder
 # walks key by key. Here the queued tuple goes to its line in one function: the response
-# headers wanted are picked from one dict built by C code (a list searched per name cost
-# more), the line is written by f-strings in the record's key order with only the variable
+# headers wanted are picked by ``_wanted`` from one dict built by C code (a list searched per
+# name cost more), the line is written by f-strings in the record's key order with only the variable
 # strings escaped (the ``json`` module's own C escaper), times formatted once (``%.3f``), the
 # usage written through one cached ``%`` template per set of keys, and a stream's usage read
 # straight from the bytes of the two events that carry it. Callgrind (GC off, per record of the
 # replay in ``benchmarks/capture.py``, the writer alone) counted 163 thousand instructions for a
-# JSON record and 212 thousand for a stream through ``_settle`` and the previous fast line; 124
-# and 173 thousand now (the request's retry count, read on the request path, included before).
-# Anything this path
-# does not recognise as the usual shape returns None and takes the general path: the tests check
-# that both write the same record (the same JSON values, key order included).
+# JSON record and 212 thousand for a stream through ``_settle`` and the previous fast line; 128
+# and 177 thousand now (the request's retry count, read on the request path, included before).
+# Anything this path does not recognise as the usual shape returns None and takes the general
+# path: the tests check that both write the same record (the same JSON values, key order
+# included).
 _ESC = json.encoder.encode_basestring_ascii
 _START_LINE = b'data: {"type":"message_start",'
 _DELTA_LINE = b'data: {"type":"message_delta",'
@@ -1094,12 +1093,9 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     if usage is None:
         return None
     pairs, found = usage
-    picked = dict(map(_NAME_VALUE, reversed(headers)))  # reversed: the first of duplicates
-    request_id = picked.get(b"request-id")
-    apim_request_id = picked.get(b"apim-request-id")
-    region = picked.get(b"x-ms-region")
-    retry_after = picked.get(b"retry-after")
-    content_type = picked.get(b"content-type")
+    request_id, apim_request_id, region, retry_after, content_type = _wanted(
+        headers, _RESPONSE_NAMES
+    )
     line = (
         f'{{"v":{VERSION},"time":"{_iso(wall)}","deployment":{_ESC(_model_of(body))},'
         f'"status":{status},"resource":{_ESC(resource)},'
