@@ -155,14 +155,20 @@ def _encode(record: dict[str, Any]) -> str:
 
 _FALLBACK_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _WEIGHT = operator.itemgetter(1)
-_LOWER = operator.itemgetter(1)
-_NAME_VALUE = operator.itemgetter(1, 2)
 _USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
 )
+_EPHEMERAL_FIELDS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+#: The usage members of a JSON body whose counts are all integers, by how many there are
+#: (``cache_creation`` absent or not an object: four), in the order ``_usage_record`` keeps.
+_USAGE_FORMS = {
+    len(fields): ",".join(f'"{name}":%d' for name in fields)
+    for fields in (_USAGE_FIELDS, _USAGE_FIELDS + _EPHEMERAL_FIELDS)
+}
+_INT_ONLY = {int}
 
 
 # ------------------------------------------------------------------------------------ spool
@@ -628,7 +634,8 @@ class _SyncObserved(_Attempt):
                 yield chunk
                 size += len(chunk)
                 if chunk.find(_TTFT_MARK) >= 0:  # (not ``in``: see _sse_usage)
-                    delta = True  # its time is in hand: the rest goes to the tail
+                    delta = True  # the rest goes to the tail
+                    self.ttft = head[-1][1]  # the writer checks no earlier chunk completed one
                     break
                 if len(head) == _HEAD_CHUNKS or size >= _HEAD_MAX:
                     break
@@ -782,13 +789,20 @@ def _observe(attempt: _Attempt, response: Any) -> None:
 def _iso(epoch: float) -> str:
     """``2026-01-02T03:04:05.678Z``; the part up to the second is cached (records of one
     batch mostly share it; one tuple, swapped whole, so writer threads never mix halves)."""
-    global _iso_cache
     second = int(epoch)
     cached = _iso_cache
     if cached[0] != second:
-        cached = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-        _iso_cache = cached
+        cached = _iso_second(second)
     return f"{cached[1]}.{int((epoch - second) * 1000):03d}Z"
+
+
+def _iso_second(second: int) -> tuple[int, str]:
+    global _iso_cache
+    cached = _iso_cache = (
+        second,
+        datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return cached
 
 
 _iso_cache: tuple[int, str] = (-1, "")
@@ -866,10 +880,14 @@ def _usage_record(usage: Any) -> dict[str, int] | None:
     out = {k: usage[k] for k in _USAGE_FIELDS if isinstance(usage.get(k), int)}
     creation = usage.get("cache_creation")
     if isinstance(creation, dict):
-        for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"):
+        for key in _EPHEMERAL_FIELDS:
             if isinstance(creation.get(key), int):
                 out[key] = creation[key]
     return out or None
+
+
+#: Each name's place in a tuple of names that ``_wanted`` is asked for (a handful of tuples).
+_SLOTS: dict[tuple[bytes, ...], dict[bytes, int]] = {}
 
 
 def _wanted(headers: Any, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
@@ -886,8 +904,18 @@ def _wanted(headers: Any, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
                 if entry[1] == name:
                     return (entry[2],)
             return (None,)
-        found = dict(map(_NAME_VALUE, reversed(entries)))  # reversed: the first of duplicates
-        return tuple(map(found.get, names))
+        # one pass, each name's slot filled once (the first of duplicates); under callgrind
+        # half the instructions of a dict of all entries built by C code (7 against 16
+        # thousand for the emulator's eight headers), as that dict allocates a pair per entry
+        slots = _SLOTS.get(names)
+        if slots is None:
+            slots = _SLOTS[names] = {name: n for n, name in enumerate(names)}
+        found: list[bytes | None] = [None] * len(names)
+        for entry in entries:
+            n = slots.get(entry[1])
+            if n is not None and found[n] is None:
+                found[n] = entry[2]
+        return tuple(found)
     try:
         text = {
             name.lower().encode("latin-1", "replace"): value.encode("latin-1", "replace")
@@ -955,8 +983,8 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
     if not sse:
         first = head_bytes.lstrip()[:1]
         sse = bool(first) and first not in b"{["
-        if sse and not ttft:
-            ttft = _arrival_of(head, head_bytes.find(_TTFT_MARK))
+        # (a JSON body may hold the mark, in a tool's input: no TTFT for it)
+        ttft = _first_delta_time(head, head_bytes, ttft) if sse else 0.0
     if sse and tail_bytes and not cut and len(head_bytes) + len(tail_bytes) <= _FULL_PARSE_MAX:
         # The whole stream is here: read as one, as the head's chunks may already hold the
         # final events (the head is a count of chunks, not "up to the first delta").
@@ -986,6 +1014,18 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
         sse,
         *map(_text, _NO_HEADERS if headers is None else _wanted(headers, _RESPONSE_NAMES)),
     )
+
+
+def _first_delta_time(head: tuple[tuple[bytes, float], ...], data: bytes, seen: float) -> float:
+    """The TTFT of a stream whose head is ``head`` (joined: ``data``): the arrival of the chunk
+    that completes the first delta's mark. ``seen``: the arrival of the head's last chunk, in
+    which the request path found a whole mark (0.0: none found there); it is the answer unless
+    a mark split across two earlier chunks completes before that chunk (then the chunks'
+    times are walked, a loop that cost the writer ~10 thousand instructions a stream)."""
+    pos = data.find(_TTFT_MARK)
+    if seen and pos + len(_TTFT_MARK) > len(data) - len(head[-1][0]):
+        return seen
+    return _arrival_of(head, pos)
 
 
 def _arrival_of(head: list[tuple[bytes, float]], pos: int) -> float:
@@ -1043,20 +1083,24 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # The fast path of the writer (what nearly every record takes: a stream, or a whole successful
 # JSON body). ``_settle`` then ``_finalize`` build a named tuple and a dict that the C encoder
 # walks key by key. Here the queued tuple goes to its line in one function: the response
-# headers wanted are picked by ``_wanted`` from one dict built by C code (a list searched per
-# name cost more), the line is written by f-strings in the record's key order with only the variable
-# strings escaped (the ``json`` module's own C escaper), times formatted once (``%.3f``), the
-# usage written through one cached ``%`` template per set of keys, and a stream's usage read
-# straight from the bytes of the two events that carry it. Callgrind (GC off, per record of the
-# replay in ``benchmarks/capture.py``, the writer alone) counted 163 thousand instructions for a
-# JSON record and 212 thousand for a stream through ``_settle`` and the previous fast line; 128
-# and 177 thousand now (the request's retry count, read on the request path, included before).
-# Anything this path does not recognise as the usual shape returns None and takes the general
-# path: the tests check that both write the same record (the same JSON values, key order
-# included).
+# headers wanted are picked by ``_wanted`` in one pass, the line is one ``%`` of format pieces
+# in the record's key order with only the variable strings escaped (the ``json`` module's own C
+# escaper), the usage written through one ``%`` template, and a stream's usage read straight
+# from the bytes of the two events that carry it. In CPython 3.11 each C call (a ``find``, a
+# regex, a ``%``) costs one to two thousand instructions whatever its work, so what counts is
+# how many there are. Callgrind (GC off, per record of the replay in ``benchmarks/capture.py``,
+# the writer alone): 163 thousand instructions for a JSON record and 212 thousand for a stream
+# through ``_settle`` and the first fast line; 128 and 177 thousand with the line built by
+# f-strings and the headers by a dict; 109 and 163 thousand now. Anything this path does not
+# recognise as the usual shape returns None and takes the general path: the tests check that
+# both write the same record (the same JSON values, key order included).
 _ESC = json.encoder.encode_basestring_ascii
 _START_LINE = b'data: {"type":"message_start",'
 _DELTA_LINE = b'data: {"type":"message_delta",'
+_LINE_START = (
+    f'{{"v":{VERSION},"time":"%s.%03dZ","deployment":%s,"status":%d,"resource":%s,'
+    '"request_id":%s,"apim_request_id":%s'
+)
 
 
 def _line(queued: tuple[Any, ...], logged: str) -> str | None:
@@ -1078,12 +1122,12 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
         if tail or cut or status >= 400 or len(data) > _FULL_PARSE_MAX:
             return None
         usage = _json_usage(data)
+        ttft = 0.0  # the request path's mark was in the body's text (a tool's input)
     else:
         if not sse:
             if not data[:1].isalpha():  # blank or "[": the general path reads it
                 return None
-            if not ttft:
-                ttft = _arrival_of(head, data.find(_TTFT_MARK))
+            ttft = _first_delta_time(head, data, ttft)
         rest = (tail[0] if len(tail) == 1 else b"".join(tail)) if tail else b""
         if rest and not cut and len(data) + len(rest) <= _FULL_PARSE_MAX:
             data, rest = data + rest, b""
@@ -1096,37 +1140,56 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     request_id, apim_request_id, region, retry_after, content_type = _wanted(
         headers, _RESPONSE_NAMES
     )
-    line = (
-        f'{{"v":{VERSION},"time":"{_iso(wall)}","deployment":{_ESC(_model_of(body))},'
-        f'"status":{status},"resource":{_ESC(resource)},'
-        f'"request_id":{_ESC(request_id.decode("latin-1") if request_id else "")},'
-        f'"apim_request_id":'
-        f"{_ESC(apim_request_id.decode('latin-1') if apim_request_id else '')}"
-    )
+    second = int(wall)
+    cached = _iso_cache
+    if cached[0] != second:
+        cached = _iso_second(second)
+    # one ``%`` of format pieces joined as the record's fields come (not a growing line)
+    form = _LINE_START
+    args = [
+        cached[1],
+        int((wall - second) * 1000),
+        _ESC(_model_of(body)),
+        status,
+        _ESC(resource),
+        _ESC(request_id.decode("latin-1") if request_id else ""),
+        _ESC(apim_request_id.decode("latin-1") if apim_request_id else ""),
+    ]
     if t_head:
-        line += f',"ttfb_ms":{(t_head - t0) * 1000:.3f}'
+        form += ',"ttfb_ms":%.3f'
+        args.append((t_head - t0) * 1000)
     if ttft:
-        line += f',"ttft_ms":{(ttft - t0) * 1000:.3f}'
-    line += f',"latency_ms":{(t_end - t0) * 1000:.3f},"complete":' + (
-        "true" if complete else "false"
+        form += ',"ttft_ms":%.3f'
+        args.append((ttft - t0) * 1000)
+    form += (
+        ',"latency_ms":%.3f,"complete":true' if complete else ',"latency_ms":%.3f,"complete":false'
     )
+    args.append((t_end - t0) * 1000)
     if error:
-        line += f',"error":{_ESC(error)}'
+        form += ',"error":%s'
+        args.append(_ESC(error))
     if retry and retry.isdigit():  # bytes: ASCII digits only
-        line += f',"attempt":{int(retry)}'
+        form += ',"attempt":%d'
+        args.append(int(retry))
     if region is not None:
-        line += f',"region":{_ESC(region.decode("latin-1"))}'
+        form += ',"region":%s'
+        args.append(_ESC(region.decode("latin-1")))
     if retry_after is not None:
-        line += f',"retry_after":{_ESC(retry_after[:32].decode("latin-1"))}'
+        form += ',"retry_after":%s'
+        args.append(_ESC(retry_after[:32].decode("latin-1")))
     if content_type:
         if content_type.find(b"text/event-stream") >= 0:
-            line += ',"stream":true'
+            form += ',"stream":true'
         elif content_type.find(b"json") >= 0:
-            line += ',"stream":false'
-    line += f',"usage":{{{pairs}}}'
+            form += ',"stream":false'
+    form += ',"usage":{%s}'
+    args.append(pairs)
     if found is not None:
-        line += f',"model":{_ESC(_unescape(found))}'
-    return f'{line},"logged":"{logged}"}}'
+        form += ',"model":%s'
+        args.append(_ESC(_unescape(found)))
+    form += ',"logged":"%s"}'
+    args.append(logged)
+    return form % tuple(args)
 
 
 def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] | None:
@@ -1136,7 +1199,7 @@ def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] 
     usage in message_start, a line that the general path would read differently)."""
     # ``find``, not ``in``: ``bytes in bytes`` first tries the needle as an int, and CPython
     # 3.11 formats then clears a TypeError for that (~1,200 instructions each time).
-    if head.find(_SSE_ERROR) >= 0 or tail.find(_SSE_ERROR) >= 0:
+    if head.find(_SSE_ERROR) >= 0 or (tail and tail.find(_SSE_ERROR) >= 0):
         return None
     start = head.find(_SSE_START)
     if start < 0 or head.find(_SSE_START, start + 15) >= 0:
@@ -1215,10 +1278,27 @@ def _json_usage(body: bytes) -> tuple[str, bytes | None] | None:
     """A whole JSON body's usage (JSON members, without braces) and raw ``model`` value, as
     :func:`_read_json` reads them (the usage object found from the end, the first ``model``
     of the first 512 bytes); None when that would take the full parse, or a value that is not
-    an integer."""
-    usage = _tail_usage(body)
-    if usage is None:
-        return None
+    an integer. The usual object (all six counts integers) goes straight to one ``%`` of a
+    fixed template: a dict of it and its cached template cost twice the instructions."""
+    pos = body.rfind(_USAGE_KEY)
+    if pos >= 0 and body.startswith(b":{", pos + 7):  # compact, as the API writes it
+        try:
+            value, _ = _DECODER.raw_decode(body[pos + 8 :].decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        counts = tuple(map(value.get, _USAGE_FIELDS))
+        creation = value.get("cache_creation")
+        if type(creation) is dict:
+            counts += tuple(map(creation.get, _EPHEMERAL_FIELDS))
+        if set(map(type, counts)) == _INT_ONLY:
+            return _USAGE_FORMS[len(counts)] % counts, _model_at(body, 0, 512)
+        usage = _usage_record(value)
+        if not usage or "input_tokens" not in usage:
+            return None
+    else:
+        usage = _tail_usage(body)
+        if usage is None:
+            return None
     for value in usage.values():
         if type(value) is not int:
             return None

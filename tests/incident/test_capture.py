@@ -805,6 +805,27 @@ def test_fast_line_reads_heads_of_many_chunks_and_streams_too_long_to_join() -> 
     assert taken >= 2  # the splits at a line end take the fast path
 
 
+def test_request_path_ttft_yields_to_a_mark_split_across_earlier_chunks() -> None:
+    """The request path stamps the chunk in which it finds a whole delta mark; when the first
+    mark was split across two earlier chunks, the TTFT is the arrival of the chunk that
+    completed it (both paths), else the path's stamp stands."""
+    pos = _USUAL.find(b'"content_block_delta"')
+    for size in range(21, 64):  # chunks that split the first mark
+        chunks = [_USUAL[i : i + size] for i in range(0, len(_USUAL), size)]
+        with_mark = [n for n, c in enumerate(chunks) if b'"content_block_delta"' in c]
+        if pos // size != (pos + 20) // size and with_mark:
+            break
+    whole, completing = with_mark[0], (pos + 20) // size
+    assert completing < whole  # the split mark completes before the path's chunk
+    head = [(c, 100.0 + n / 1000) for n, c in enumerate(chunks[: whole + 1])]
+    queued = _facts(b"", chunks=head, tail=b"".join(chunks[whole + 1 :]), ttft=head[-1][1])
+    assert json.loads(_same_line(queued))["ttft_ms"] == pytest.approx(completing)
+    whole_only = [(c, t) for c, t in head]
+    whole_only[completing - 1] = (whole_only[completing - 1][0].replace(b"content", b"CONTENT"), 0)
+    queued = _facts(b"", chunks=whole_only, tail=b"".join(chunks[whole + 1 :]), ttft=101.0)
+    assert json.loads(_same_line(queued))["ttft_ms"] == pytest.approx(1000)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -892,6 +913,11 @@ _JSON_BODY = json.dumps(
         _JSON_BODY.replace(b'"claude-haiku-4-5"', b'"' + b"m" * 600 + b'"'),
         _JSON_BODY.replace(b'"model":', b'"model": '),
         _JSON_BODY[:-1] + b',"after":{"input_tokens":1}}',
+        _JSON_BODY.replace(b'"cache_creation":{', b'"cache_creation":null,"x":{'),
+        _JSON_BODY.replace(b',"ephemeral_1h_input_tokens":0', b""),
+        _JSON_BODY.replace(b'"cache_read_input_tokens":7,', b""),
+        _JSON_BODY.replace(b'"usage":{', b'"usage":{"input_tokens":5,'),
+        _JSON_BODY.replace(b'"usage":{', b'"usage" :{'),
         _JSON_BODY[:-40],
         b"[]",
     ],
@@ -997,6 +1023,21 @@ def test_spool_takes_any_mapping_record(tmp_path: Path) -> None:
     assert spool.put(OrderedDict(v=1, n=7))
     assert records(path) == [{"v": 1, "n": 7, "logged": records(path)[0]["logged"]}]
     assert capture.spool_stats(path)["errors"] == 0
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_json_body_holding_the_delta_mark_has_no_ttft(tmp_path: Path) -> None:
+    """A tool's input is a JSON object, not escaped text, so a JSON body may hold the quoted
+    delta mark the request path looks for: it is still a JSON body, with no TTFT."""
+    tool = {"type": "tool_use", "id": "t1", "name": "f", "input": {"type": "content_block_delta"}}
+    usage = {"input_tokens": 3, "output_tokens": 4}
+    body = json.dumps({"model": "m", "content": [tool], "usage": usage}).encode()
+    path = tmp_path / "tool.jsonl"
+    chunks = [body[:40], body[40:90], body[90:]]
+    http = capture.instrument(httpx2.Client(transport=_mock_transport(chunks)), spool=path)
+    assert http.post("https://x.services.ai.azure.com/anthropic/v1/messages").content == body
+    (rec,) = records(path)
+    assert rec["usage"] == usage and rec["stream"] is False and "ttft_ms" not in rec
     capture._SPOOLS.pop(str(path)).close()
 
 
