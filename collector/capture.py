@@ -31,7 +31,7 @@ bytes only for ``usage`` and the error type.
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
 keeps references: per chunk, one list append (with the chunk's arrival time up to the first
-delta of a stream, from which the writer finds the TTFT); at the end, the request's retry count
+delta of a stream, whose arrival is the TTFT); at the end, the request's retry count
 and resource are read, and one flat tuple of times, bytes and the response's header entries goes
 into a bounded buffer, never an object of the call (when it is full the record is dropped and
 counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
@@ -566,7 +566,9 @@ class _Attempt:
         spool = self.spool
         try:
             head, tail, request = self.head, self.tail, self.request
-            kept = sum(map(len, map(_CHUNK, head))) + sum(map(len, tail))
+            kept = len(head[0][0]) if len(head) == 1 else sum(map(len, map(_CHUNK, head)))
+            if tail:
+                kept += sum(map(len, tail))
             body = getattr(request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
             headers = self.headers
@@ -610,8 +612,9 @@ class _SyncObserved(_Attempt):
 
     Per chunk on the request path, no parsing: the first chunks are kept with the time each
     arrived, up to the one that holds the first ``content_block_delta`` (one substring test per
-    chunk) or ``_HEAD_CHUNKS`` chunks; the writer finds that delta in them and takes its
-    chunk's time as the TTFT (a mark split across two chunks is found there too). Later chunks
+    chunk), whose time is the TTFT, or ``_HEAD_CHUNKS`` chunks; the writer checks that no mark
+    split across two earlier chunks came first (and finds one there when no chunk held a whole
+    one). Later chunks
     go to a short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP``
     bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). A JSON body's head,
     and that of a stream whose first delta is not among its first chunks (a stream split into
@@ -866,7 +869,7 @@ def _model_of(body: bytes | None) -> str:
 
 
 def _unescape(raw: bytes) -> str:
-    if b"\\" not in raw:
+    if raw.find(b"\\") < 0:  # (not ``in``: see _sse_usage)
         return raw.decode("utf-8", "replace")
     try:
         return json.loads(b'"' + raw + b'"')
