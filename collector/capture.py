@@ -1095,7 +1095,7 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # how many there are. Callgrind (GC off, per record of the replay in ``benchmarks/capture.py``,
 # the writer alone): 163 thousand instructions for a JSON record and 212 thousand for a stream
 # through ``_settle`` and the first fast line; 128 and 177 thousand with the line built by
-# f-strings and the headers by a dict; 109 and 163 thousand now. Anything this path does not
+# f-strings and the headers by a dict; 108 and 161 thousand now. Anything this path does not
 # recognise as the usual shape returns None and takes the general path: the tests check that
 # both write the same record (the same JSON values, key order included).
 _ESC = json.encoder.encode_basestring_ascii
