@@ -614,15 +614,14 @@ class _SyncObserved(_Attempt):
     arrived, up to the one that holds the first ``content_block_delta`` (one substring test per
     chunk), whose time is the TTFT, or ``_HEAD_CHUNKS`` chunks; the writer checks that no mark
     split across two earlier chunks came first (and finds one there when no chunk held a whole
-    one). Later chunks
-    go to a short list, by C code (``filterfalse``/``islice``), cut to its last ``_TAIL_KEEP``
-    bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last events). A JSON body's head,
-    and that of a stream whose first delta is not among its first chunks (a stream split into
-    tiny chunks, searched chunk by chunk until that delta), go on to ``_HEAD_MAX`` bytes
-    (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX`` bytes kept are cut to
-    what the writer reads at the end of the call, on the request path. (Stamping the head
-    through ``zip`` with a callable iterator over ``perf_counter``, all C, measured slower than
-    this loop.)
+    one). Later chunks go to a short list, by C code (``filterfalse``/``islice``), cut to its
+    last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last
+    events). A JSON body's head, and that of a stream whose first delta is not among its first
+    chunks (a stream split into tiny chunks, searched chunk by chunk until that delta), go on
+    to ``_HEAD_MAX`` bytes (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX``
+    bytes kept are cut to what the writer reads at the end of the call, on the request path.
+    (Stamping the head through ``zip`` with a callable iterator over ``perf_counter``, all C,
+    measured slower than this loop.)
     """
 
     def __iter__(self) -> Iterator[bytes]:
@@ -898,8 +897,8 @@ def _wanted(headers: Any, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
     """The first value of each of ``names`` (lowercase) in ``headers``, as bytes (latin-1):
     from httpx/httpx2's own list of ``(raw name, lowercased name, value)`` (their ``Headers``
     hold one; or a tuple of its entries), by a loop that stops at the one name wanted (the
-    request's retry count comes fifth of twenty or so), or one dict built by C code for several;
-    or from any other mapping of str to str."""
+    request's retry count comes fifth of twenty or so), or one pass that fills a slot per name
+    for several; or from any other mapping of str to str."""
     entries = headers if type(headers) is tuple else getattr(headers, "_list", None)
     if type(entries) in (tuple, list) and (not entries or len(entries[0]) == 3):
         if len(names) == 1:
@@ -1095,7 +1094,7 @@ def _finalize(f: _Facts) -> dict[str, Any]:
 # how many there are. Callgrind (GC off, per record of the replay in ``benchmarks/capture.py``,
 # the writer alone): 163 thousand instructions for a JSON record and 212 thousand for a stream
 # through ``_settle`` and the first fast line; 128 and 177 thousand with the line built by
-# f-strings and the headers by a dict; 108 and 161 thousand now. Anything this path does not
+# f-strings and the headers by a dict; 109 and 161 thousand now. Anything this path does not
 # recognise as the usual shape returns None and takes the general path: the tests check that
 # both write the same record (the same JSON values, key order included).
 _ESC = json.encoder.encode_basestring_ascii
@@ -1284,25 +1283,17 @@ def _json_usage(body: bytes) -> tuple[str, bytes | None] | None:
     of the first 512 bytes); None when that would take the full parse, or a value that is not
     an integer. The usual object (all six counts integers) goes straight to one ``%`` of a
     fixed template: a dict of it and its cached template cost twice the instructions."""
-    pos = body.rfind(_USAGE_KEY)
-    if pos >= 0 and body.startswith(b":{", pos + 7):  # compact, as the API writes it
-        try:
-            value, _ = _DECODER.raw_decode(body[pos + 8 :].decode("utf-8", "replace"))
-        except ValueError:
-            return None
+    value = _usage_object(body)
+    if type(value) is dict:
         counts = tuple(map(value.get, _USAGE_FIELDS))
         creation = value.get("cache_creation")
         if type(creation) is dict:
             counts += tuple(map(creation.get, _EPHEMERAL_FIELDS))
         if set(map(type, counts)) == _INT_ONLY:
             return _USAGE_FORMS[len(counts)] % counts, _model_at(body, 0, 512)
-        usage = _usage_record(value)
-        if not usage or "input_tokens" not in usage:
-            return None
-    else:
-        usage = _tail_usage(body)
-        if usage is None:
-            return None
+    usage = _usage_record(value)
+    if not usage or "input_tokens" not in usage:
+        return None
     for count in usage.values():
         if type(count) is not int:
             return None
@@ -1436,19 +1427,27 @@ def _read_json(record: dict[str, Any], body: bytes, tail: bytes = b"") -> None:
             record["model"] = _unescape(match.group(1))
 
 
-def _tail_usage(body: bytes) -> dict[str, int] | None:
-    """The top-level ``usage`` object found from the end (it follows ``content``)."""
+def _usage_object(body: bytes) -> Any:
+    """The top-level ``usage`` object, found from the end (it follows ``content``) and parsed;
+    None when there is none or it does not parse."""
     pos = body.rfind(_USAGE_KEY)
     if pos < 0:
         return None
-    start = body.find(b"{", pos + len(_USAGE_KEY))
-    if start < 0 or body[pos + len(_USAGE_KEY) : start].strip() != b":":
-        return None
+    start = pos + 8
+    if not body.startswith(b":{", pos + 7):  # not written compactly, as the API writes it
+        start = body.find(b"{", pos + 7)
+        if start < 0 or body[pos + 7 : start].strip() != b":":
+            return None
     try:
         value, _ = _DECODER.raw_decode(body[start:].decode("utf-8", "replace"))
     except ValueError:
         return None
-    usage = _usage_record(value)
+    return value
+
+
+def _tail_usage(body: bytes) -> dict[str, int] | None:
+    """The top-level ``usage`` object's token counts (it follows ``content``)."""
+    usage = _usage_record(_usage_object(body))
     return usage if usage and "input_tokens" in usage else None
 
 
