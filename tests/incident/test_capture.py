@@ -827,6 +827,17 @@ def test_request_path_ttft_yields_to_a_mark_split_across_earlier_chunks() -> Non
     assert json.loads(_same_line(queued))["ttft_ms"] == pytest.approx(1000)
 
 
+def test_arrival_of_a_chunk_without_a_time_is_none_taken() -> None:
+    """The head's chunks and their arrival times are two lists appended one after the other; a
+    chunk whose time is missing (a close from another thread between the two appends) counts as
+    one whose time was not taken (0.0), never as an error that would lose the record."""
+    head = (b'data: {"type":"message_start"}\n', b'data: {"type":"content_block_delta"}\n')
+    pos = b"".join(head).find(b'"content_block_delta"')
+    assert capture._arrival_of(head, (1.0, 2.0), pos) == 2.0
+    assert capture._arrival_of(head, (1.0,), pos) == 0.0
+    assert capture._first_delta_time(head, (1.0,), b"".join(head), 0.0) == 0.0
+
+
 @pytest.mark.parametrize(
     "body",
     [
