@@ -1313,8 +1313,8 @@ def _json_usage(body: bytes) -> tuple[str, bytes | None] | None:
             counts += tuple(map(creation.get, _EPHEMERAL_FIELDS))
         if set(map(type, counts)) == _INT_ONLY:
             return _USAGE_FORMS[len(counts)] % counts, _model_at(body, 0, 512)
-    usage = _usage_record(value)
-    if not usage or "input_tokens" not in usage:
+    usage = _token_counts(value)
+    if usage is None:
         return None
     for count in usage.values():
         if type(count) is not int:
@@ -1455,10 +1455,11 @@ def _usage_object(body: bytes) -> Any:
     pos = body.rfind(_USAGE_KEY)
     if pos < 0:
         return None
-    start = pos + 8
-    if not body.startswith(b":{", pos + 7):  # not written compactly, as the API writes it
-        start = body.find(b"{", pos + 7)
-        if start < 0 or body[pos + 7 : start].strip() != b":":
+    after = pos + len(_USAGE_KEY)
+    start = after + 1  # the "{" of ":{"
+    if not body.startswith(b":{", after):  # not written compactly, as the API writes it
+        start = body.find(b"{", after)
+        if start < 0 or body[after:start].strip() != b":":
             return None
     try:
         value, _ = _DECODER.raw_decode(body[start:].decode("utf-8", "replace"))
@@ -1469,8 +1470,14 @@ def _usage_object(body: bytes) -> Any:
 
 def _tail_usage(body: bytes) -> dict[str, int] | None:
     """The top-level ``usage`` object's token counts (it follows ``content``)."""
-    usage = _usage_record(_usage_object(body))
-    return usage if usage and "input_tokens" in usage else None
+    return _token_counts(_usage_object(body))
+
+
+def _token_counts(usage: Any) -> dict[str, int] | None:
+    """A parsed ``usage`` object's token counts; None without ``input_tokens`` (not the
+    top-level usage of a response)."""
+    counts = _usage_record(usage)
+    return counts if counts and "input_tokens" in counts else None
 
 
 # ------------------------------------------------------------------------------ transports
