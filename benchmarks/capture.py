@@ -26,9 +26,11 @@ noise floor of the machine: an A/B difference smaller than the A/A one is not re
    capture keeps alive until its writer runs is counted and traversed by them).
 
 Targets (issue 8): capture CPU < 50 µs per call, and < 1 % of a call's latency against the
-emulator (JSON and SSE). Sizes: ``FW_BENCH_CAPTURE_CALLS`` (1500 emulator calls per arm and
-kind), ``FW_BENCH_CAPTURE_BLOCKS`` rounds of ``BLOCK`` (100) in-memory calls per arm and kind
-(60).
+emulator (JSON and SSE). The latency target is relative: its budget in µs (shown in the table)
+is 1 % of however fast the emulator answers on the machine and the day, which has ranged from
+0.9 to 2.5 ms for a JSON call on the same kind of machine. Sizes: ``FW_BENCH_CAPTURE_CALLS``
+(1500 emulator calls per arm and kind), ``FW_BENCH_CAPTURE_BLOCKS`` rounds of ``BLOCK`` (100)
+in-memory calls per arm and kind (60).
 """
 
 from __future__ import annotations
@@ -311,7 +313,7 @@ def main() -> Table:
             f"[{_pct(lat['cost_ci'][0], base)}, {_pct(lat['cost_ci'][1], base)}]",
             f"{_pct(lat['aa'], base)} ({_us(lat['aa'])}) "
             f"[{_pct(lat['aa_ci'][0], base)}, {_pct(lat['aa_ci'][1], base)}]",
-            "< 1 %: "
+            f"< 1 % (here {base * LATENCY_TARGET * 1e6:.1f} µs): "
             + _verdict(
                 lat["cost"] / base,
                 LATENCY_TARGET,
