@@ -871,6 +871,42 @@ def test_unusual_streams_fall_back_to_the_general_path(body: bytes) -> None:
         _same_line(_facts(body[:i], body[i:], cut=True))
 
 
+def test_stream_read_from_its_start_and_end_only() -> None:
+    """A stream's record comes from its first ``message_start``, its last ``message_delta``
+    (the API's counts there are cumulative) and an ``error`` event in its last data line (an
+    error ends a stream), whatever lies between, so the writer's work does not grow with the
+    answer's length; the fast and the general path alike, at any head/tail boundary."""
+    stop = {"type": "message_stop"}
+    error = {"type": "error", "error": {"type": "overloaded_error"}}
+    earlier = {**_END, "usage": {"input_tokens": 20, "output_tokens": 5}}
+    late_start = {"type": "message_start", "message": {"model": "m2", "usage": {"input_tokens": 1}}}
+
+    def read(body: bytes, split: int, cut: bool = False) -> tuple[str | None, dict]:
+        """The fast line (None: not taken) and the general record, head ``body[:split]``."""
+        queued = _facts(body[:split], body[split:], cut)
+        return _same_line(queued), capture._finalize(capture._settle(queued))
+
+    cases = {
+        "repeated deltas: the last": _sse(_START, _BLOCK, _DELTA, earlier, _END, stop),
+        "a start later on: not read": _sse(_START, _BLOCK, _DELTA, late_start, _END, stop),
+        "an error before the end: not read": _sse(_START, error, _BLOCK, _DELTA, _END, stop),
+        "a long answer": _sse(_START, _BLOCK, *[_DELTA] * 2000, _END, stop),
+    }
+    for name, body in cases.items():
+        line_end = body.find(b"\n\n", len(body) // 3) + 2
+        cut_at = max(line_end, len(body) - 9000)
+        for split, cut in ((line_end, False), (len(body), False), (cut_at, True)):
+            fast, rec = read(body, split, cut)
+            assert fast is not None, name  # the usual shape: the fast path, the same line
+            assert rec["usage"]["output_tokens"] == 42 and rec["model"] == "claude-haiku-4-5"
+            assert "error_type" not in rec, name
+    ended = _sse(_START, _BLOCK, _DELTA, error)
+    for split in (len(ended) // 2, len(ended)):
+        fast, rec = read(ended, split)
+        assert fast is None  # an error: the general path
+        assert rec["error_type"] == "overloaded_error" and rec["usage"]["input_tokens"] == 20
+
+
 def test_fast_stream_line_fuzzed() -> None:
     """Random event sequences (usual and odd) and random boundaries, seeded."""
     rng = random.Random(8)
