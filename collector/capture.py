@@ -22,9 +22,10 @@ the transport is where both the headers and the bytes pass.)
 
 What a record holds: wall time the attempt started, resource, deployment (the request body's
 ``model``), status, latency to the last byte, time to the first byte and (streams) to the first
-``content_block_delta``, ``usage`` (input/output/cache tokens, from the JSON body or the SSE
-``message_start``/``message_delta`` events), ``request-id``, ``apim-request-id``, region, error
-type/code, retry-after, the SDK's attempt number. Never prompts, completions, headers other than
+``content_block_delta``, ``usage`` (input/output/cache tokens, from the JSON body or a
+stream's first ``message_start`` and last ``message_delta``), ``request-id``,
+``apim-request-id``, region, error type/code (a stream's from an error event in its last data
+line), retry-after, the SDK's attempt number. Never prompts, completions, headers other than
 those ids, or keys: the request body is only searched for its ``"model"`` value, the response
 bytes only for ``usage`` and the error type.
 
