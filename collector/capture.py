@@ -113,8 +113,8 @@ _USAGE_KEY = b'"usage"'
 #: The events a stream's record is read from: the first ``message_start`` (the stream's first
 #: event), the last ``message_delta`` (its counts are cumulative) and an ``error`` event in the
 #: last data line (an error ends a stream). Only the start and the end of a stream are searched,
-#: so the writer's work does not grow with the answer's length: three searches through the
-#: whole stream cost ~0.6 µs per 2 KB of events each.
+#: so the writer's work does not grow with the answer's length (it searched the whole stream
+#: three times before, ~0.6 µs per 2 KB of events each time).
 _SSE_START, _SSE_DELTA, _SSE_ERROR = b'"message_start"', b'"message_delta"', b'"error"'
 #: The integer token counts of a ``usage`` object (``cache_creation``'s TTL split included);
 #: names this specific occur nowhere else in a message_start/message_delta event.
@@ -1221,11 +1221,11 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
 
 
 def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] | None:
-    """A stream's usage (JSON members, without braces) and raw ``model`` value, read from the
-    one ``message_start`` event of ``head`` and the one ``message_delta`` event after it, each
-    a ``data: {"type":…`` line, the first and the last of their kind as the general path reads
-    them; None for any other shape (an error in the last data line, no usage in message_start,
-    a line that the general path would read differently)."""
+    """A stream's usage (JSON members, without braces) and raw ``model`` value, read as the
+    general path reads them: from the first ``message_start`` event of ``head`` and the last
+    ``message_delta`` event of the stream's end, each a ``data: {"type":…`` line; None for any
+    other shape (an error in the last data line, no usage in message_start, a line that the
+    general path would read differently)."""
     # ``find``, not ``in``: ``bytes in bytes`` first tries the needle as an int, and CPython
     # 3.11 formats then clears a TypeError for that (~1,200 instructions each time).
     start = head.find(_SSE_START)
@@ -1370,6 +1370,7 @@ def _sse_line(record: dict[str, Any], data: bytes, pos: int) -> None:
 
 
 def _line_end(data: bytes, pos: int) -> int:
+    """Where the line of ``data`` that holds ``pos`` ends (its newline, or the end of data)."""
     end = data.find(b"\n", pos)
     return len(data) if end < 0 else end
 
