@@ -1255,8 +1255,7 @@ def _sse_usage(head: bytes, tail: bytes, cut: bool) -> tuple[str, bytes | None] 
         data, begin = tail, 0
     else:
         return None
-    last = _last_data_line(data, begin)
-    if last >= 0 and data.find(_SSE_ERROR, last, _line_end(data, last)) >= 0:
+    if _error_line(data, begin) >= 0:
         return None
     delta = data.rfind(_SSE_DELTA, begin)
     if delta >= 0:
@@ -1349,14 +1348,14 @@ def _read_body(record: dict[str, Any], head: bytes, tail: bytes, cut: bool, sse:
     _sse_line(record, head, head.find(_SSE_START))
     # The end of the stream: the whole of it when it was kept whole; else its tail (cut: after
     # the tail's first line, which is partial; not cut: the head's last line may go on in it).
-    if tail:
-        tail = tail[tail.find(b"\n") + 1 :] if cut else head[head.rfind(b"\n") + 1 :] + tail
+    if not tail:
+        end = head
+    elif cut:
+        end = tail[tail.find(b"\n") + 1 :]
     else:
-        tail = head
-    _sse_line(record, tail, tail.rfind(_SSE_DELTA))
-    last = _last_data_line(tail, 0)
-    if last >= 0 and tail.find(_SSE_ERROR, last, _line_end(tail, last)) >= 0:
-        _sse_line(record, tail, last)
+        end = head[head.rfind(b"\n") + 1 :] + tail
+    _sse_line(record, end, end.rfind(_SSE_DELTA))
+    _sse_line(record, end, _error_line(end, 0))
 
 
 def _sse_line(record: dict[str, Any], data: bytes, pos: int) -> None:
@@ -1375,12 +1374,15 @@ def _line_end(data: bytes, pos: int) -> int:
     return len(data) if end < 0 else end
 
 
-def _last_data_line(data: bytes, begin: int) -> int:
+def _error_line(data: bytes, begin: int) -> int:
     """Where the last line of ``data`` after ``begin`` (a line start) that starts with
-    ``data:`` starts; -1 when there is none. (``data:`` inside a line is JSON text.)"""
+    ``data:`` starts, if it holds the ``"error"`` marker (an error event ends a stream);
+    else -1. (``data:`` inside a line is JSON text.)"""
     pos = data.rfind(b"data:", begin)
     while pos > begin and data[pos - 1] != 0x0A:
         pos = data.rfind(b"data:", begin, pos)
+    if pos < 0 or data.find(_SSE_ERROR, pos, _line_end(data, pos)) < 0:
+        return -1
     return pos
 
 
