@@ -8,7 +8,7 @@ first run saw (with the real clock, the minutes between the runs would legitimat
 The collector's clock is pinned to the emulator's in every run (``pinned_env``): the emulator's
 "now" can lie a day or more before the real one (``pinned_now`` goes back until Cost Management
 has billed a day), and a collector on the real clock then asks for a window the world does not
-reach (``--days 1`` read nothing at all at 23:40 UTC, in CI and locally).
+reach (``--days 1`` read nothing at all late in a UTC day: 23:20 in CI, 23:40 locally).
 """
 
 from __future__ import annotations

@@ -206,8 +206,9 @@ def spend_days(now: datetime) -> tuple[date, date]:
 
 def test_spend_page_billed_estimated_gap_and_budget(world, open_app) -> None:
     # The page reads the real clock: its days are known from the clock read around its run,
-    # re-run once if that straddled the minute where they change (the test assumed one minute
-    # after the seed's, and failed so when run at 23:58 UTC, in CI)
+    # re-run once if that straddled the minute where they change. (The test assumed the window
+    # ends two minutes after the seed's minute; the page mostly ends it one minute after, and
+    # the test failed so at 23:58 UTC, in CI.)
     before = datetime.now(UTC)
     at = open_app("spend")
     if spend_days(before) != spend_days(datetime.now(UTC)):
