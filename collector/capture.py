@@ -31,9 +31,10 @@ bytes only for ``usage`` and the error type.
 
 Never in the way: the response stream is passed through chunk by chunk (observed, not
 buffered); everything the capture does is inside ``try``. The request path only stamps times and
-keeps references: per chunk, one list append (and, up to the first delta of a stream, whose
-arrival is the TTFT, one to a list of arrival times: a ``(chunk, time)`` tuple per chunk cost
-more); at the end, the request's retry count
+keeps references: a JSON body is passed on and kept by C code alone (no bytecode per chunk);
+a stream's chunks, one list append each (and, up to the first delta, whose arrival is the
+TTFT, one to a list of arrival times: a ``(chunk, time)`` tuple per chunk cost more); at the
+end, the request's retry count
 and resource are read, and one flat tuple of times, bytes and the response's header entries goes
 into a bounded buffer, never an object of the call (when it is full the record is dropped and
 counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
@@ -60,12 +61,13 @@ import json
 import operator
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from itertools import filterfalse, islice
+from itertools import chain, filterfalse, islice
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -590,10 +592,10 @@ class _Attempt:
                 "" if error is None else type(error).__name__,
                 self.resource or _resource_of(request.url),
                 body,
-                _wanted(request.headers, _REQUEST_NAMES)[0],
+                _retry_of(request.headers),
                 tuple(head),
-                tuple(self.times),
-                tuple(tail),
+                tuple(self.times) if self.times else (),
+                tuple(tail) if tail else (),
                 self.sse,
                 self.cut,
                 None if headers is None else _entries(headers),
@@ -605,6 +607,18 @@ class _Attempt:
             spool.put(settled, len(settled.head) + len(settled.tail) + len(settled.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
+
+
+def _retry_of(headers: Any) -> bytes | None:
+    """The request's ``x-stainless-retry-count`` (the SDK's attempt number), by a loop over
+    httpx's own header entries that stops at it (about the fifth of twenty)."""
+    entries = getattr(headers, "_list", None)
+    if entries is None:
+        return _wanted(headers, _REQUEST_NAMES)[0]
+    for entry in entries:
+        if entry[1] == b"x-stainless-retry-count":
+            return entry[2]
+    return None
 
 
 def _entries(headers: Any) -> Any:
@@ -624,9 +638,10 @@ class _SyncObserved(_Attempt):
     split across two earlier chunks came first (and finds one there when no chunk held a whole
     one). Later chunks go to a short list, by C code (``filterfalse``/``islice``), cut to its
     last ``_TAIL_KEEP`` bytes every ``_TAIL_CHUNKS`` chunks (the final usage is in the last
-    events). A JSON body's head, and that of a stream whose first delta is not among its first
-    chunks (a stream split into tiny chunks, searched chunk by chunk until that delta), go on
-    to ``_HEAD_MAX`` bytes (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX``
+    events). A JSON body is kept whole by C code (:meth:`__iter__`); the head of a stream whose
+    first delta is not among its first chunks (a stream split into tiny chunks, searched chunk
+    by chunk until that delta), or of a body that does not start with ``{``, goes on to
+    ``_HEAD_MAX`` bytes (:meth:`_rest_of_head`). Bodies with more than ``_FULL_PARSE_MAX``
     bytes kept are cut to what the writer reads at the end of the call, on the request path.
     (Stamping the head through ``zip`` with a callable iterator over ``perf_counter``, all C,
     measured slower than this loop. The times go to a list of their own: a ``(chunk, time)``
@@ -636,11 +651,37 @@ class _SyncObserved(_Attempt):
     """
 
     def __iter__(self) -> Iterator[bytes]:
+        """A JSON body (its first chunk opens an object) is passed on and kept by C code alone:
+        ``chain`` of the first chunk, ``filterfalse`` that appends each later one to the head,
+        and a sentinel iterator whose one call ends the attempt when the body is exhausted, so
+        no bytecode runs per chunk and no generator frame is made (a JSON body has no TTFT; an
+        exception while it is read reaches :meth:`close`, which httpx calls while handling it).
+        Anything else (an event stream) is watched chunk by chunk by :meth:`_observed`."""
+        chunks = iter(self.inner)
+        try:
+            first = next(chunks, None)
+        except BaseException as exc:
+            self._finish(False, exc)
+            raise
+        if first is None:
+            self._finish(True)
+            return iter(())
+        if first[:1] == b"{":
+            head = self.head
+            head.append(first)
+            return chain((first,), filterfalse(head.append, chunks), iter(self._ended, None))
+        return self._observed(first, chunks)
+
+    def _ended(self) -> None:
+        """Called once, by the sentinel of :meth:`__iter__`, when a JSON body is exhausted."""
+        self._finish(True)
+
+    def _observed(self, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
         head = self.head
         times = self.times
         tail = self.tail
         try:
-            chunks = iter(self.inner)
+            chunks = chain((first,), chunks)
             size = 0
             delta = False
             for chunk in chunks:
@@ -720,7 +761,8 @@ class _SyncObserved(_Attempt):
         try:
             self.inner.close()
         finally:
-            self._finish(False)
+            if not self.done:  # cut short; httpx closes a body that failed while handling it
+                self._finish(False, sys.exception())
 
 
 class _AsyncObserved(_Attempt):
@@ -829,7 +871,7 @@ def _iso_second(second: int) -> tuple[int, str]:
 
 _iso_cache: tuple[int, str] = (-1, "")
 #: Resource of each (host, path) seen: an SDK client calls the same few URLs.
-_RESOURCES: dict[str, str] = {}
+_RESOURCES: dict[tuple[Any, Any], str] = {}
 
 
 def _resource_of(url: Any) -> str:
@@ -839,7 +881,7 @@ def _resource_of(url: Any) -> str:
     url = getattr(url, "_uri_reference", url)
     host = getattr(url, "host", "") or ""
     path = getattr(url, "path", "") or ""
-    key = f"{host}\n{path}"
+    key = (host, path)
     resource = _RESOURCES.get(key)
     if resource is None:
         if len(_RESOURCES) >= 1024:

@@ -318,6 +318,53 @@ def test_connection_failure_is_recorded_and_raised(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
+def _failing_json_transport(after: list[bytes]):
+    """A 200 JSON response whose body breaks after ``after`` (the network dropping mid-body)."""
+
+    class Broken(httpx2.SyncByteStream):
+        def __iter__(self):
+            yield from after
+            raise httpx2.ReadError("connection reset")
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "application/json", "apim-request-id": "a-1"}
+        return httpx2.Response(200, headers=headers, stream=Broken())
+
+    return httpx2.MockTransport(handler)
+
+
+@pytest.mark.parametrize("after", [[b'{"id":"msg_1",'], [b'{"id":', b'"msg_1",']])
+def test_json_body_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, after) -> None:
+    """A JSON body is passed on by C code (no per-chunk hook): the failure is still recorded,
+    by name, from the close httpx makes while handling it."""
+    path = tmp_path / "broken.jsonl"
+    http = capture.instrument(httpx2.Client(transport=_failing_json_transport(after)), spool=path)
+    with pytest.raises(httpx2.ReadError):
+        http.post(
+            "https://res1.services.ai.azure.com/anthropic/v1/messages",
+            json={"model": "claude-x", "max_tokens": 1, "messages": []},
+        )
+    (rec,) = records(path)
+    assert rec["status"] == 200 and rec["complete"] is False and rec["error"] == "ReadError"
+    assert rec["apim_request_id"] == "a-1" and rec["deployment"] == "claude-x"
+    assert "usage" not in rec
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_json_body_closed_unread_is_incomplete_without_error(tmp_path: Path) -> None:
+    path = tmp_path / "unread.jsonl"
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    url = "https://res1.services.ai.azure.com/anthropic/v1/messages"
+    with http.stream("POST", url, json={"model": "claude-x"}) as response:
+        assert response.status_code == 200  # closed with its body unread
+    with http.stream("POST", url, json={"model": "claude-y"}) as response:
+        assert response.read().startswith(b"{")
+    unread, read = records(path)
+    assert unread["complete"] is False and "error" not in unread and "usage" not in unread
+    assert read["complete"] is True and read["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    capture._SPOOLS.pop(str(path)).close()
+
+
 # ------------------------------------------------------------ the parsers, byte by byte
 def _mock_transport(chunks: list[bytes] | None = None, content_type: str = "application/json"):
     body = chunks or [b'{"usage":{"input_tokens":1,"output_tokens":2}}']
