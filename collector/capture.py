@@ -29,23 +29,22 @@ line), retry-after, the SDK's attempt number. Never prompts, completions, header
 those ids, or keys: the request body is only searched for its ``"model"`` value, the response
 bytes only for ``usage`` and the error type.
 
-Never in the way: the response stream is passed through chunk by chunk (observed, not
-buffered); everything the capture does is inside ``try``. The request path only stamps times and
-keeps references: a JSON body is passed on and kept by C code alone (no bytecode per chunk);
-a stream's chunks, one list append each (and, up to the first delta, whose arrival is the
-TTFT, one to a list of arrival times: a ``(chunk, time)`` tuple per chunk cost more); at the
-end, the request's retry count
-and resource are read, and one flat tuple of times, bytes and the response's header entries goes
-into a bounded buffer, never an object of the call (when it is full the record is dropped and
-counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads
-first). Reading the request's model, picking the response headers wanted, joining and searching
-the chunks, parsing usage, formatting times and JSON encoding happen on a background writer
-thread, which wakes once a second and releases the GIL every few records, so a slow or broken
-disk neither slows nor breaks the application. The spool is append-only JSONL, rotated at
-``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per path per process; several
-processes may share a path (each batch is one ``O_APPEND`` write, and a writer notices that
-another rotated the file). ``spool_stats(path)`` reports records written, dropped, failed and
-queued, and the writer's CPU. Overhead is measured by ``python -m benchmarks capture``.
+Never in the way: the response stream is passed through chunk by chunk (observed, not buffered);
+everything the capture does is inside ``try``. The request path only stamps times and keeps
+references: a JSON body is passed on and kept by C code alone (no bytecode per chunk); a stream's
+chunks, one list append each (and, up to the first delta, whose arrival is the TTFT, one to a list
+of arrival times: a ``(chunk, time)`` tuple per chunk cost more); at the end, the request's retry
+count and resource are read, and one flat tuple of times, bytes and the response's header entries
+goes into a bounded buffer, never an object of the call (when it is full the record is dropped and
+counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads first).
+Reading the request's model, picking the response headers wanted, joining and searching the chunks,
+parsing usage, formatting times and JSON encoding happen on a background writer thread, which wakes
+once a second and releases the GIL every few records, so a slow or broken disk neither slows nor
+breaks the application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
+path.{backups}``; one writer thread per path per process; several processes may share a path (each
+batch is one ``O_APPEND`` write, and a writer notices that another rotated the file).
+``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
+Overhead is measured by ``python -m benchmarks capture``.
 
 Dependency-light by design: stdlib only at import time (the HTTP library is imported when a
 client is instrumented, and it is the one the application already uses). This file can be
@@ -592,10 +591,10 @@ class _Attempt:
                 "" if error is None else type(error).__name__,
                 self.resource or _resource_of(request.url),
                 body,
-                _retry_of(request.headers),
+                _wanted(request.headers, _REQUEST_NAMES)[0],
                 tuple(head),
-                tuple(self.times) if self.times else (),
-                tuple(tail) if tail else (),
+                tuple(self.times),
+                tuple(tail),
                 self.sse,
                 self.cut,
                 None if headers is None else _entries(headers),
@@ -607,18 +606,6 @@ class _Attempt:
             spool.put(settled, len(settled.head) + len(settled.tail) + len(settled.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
-
-
-def _retry_of(headers: Any) -> bytes | None:
-    """The request's ``x-stainless-retry-count`` (the SDK's attempt number), by a loop over
-    httpx's own header entries that stops at it (about the fifth of twenty)."""
-    entries = getattr(headers, "_list", None)
-    if entries is None:
-        return _wanted(headers, _REQUEST_NAMES)[0]
-    for entry in entries:
-        if entry[1] == b"x-stainless-retry-count":
-            return entry[2]
-    return None
 
 
 def _entries(headers: Any) -> Any:
