@@ -34,17 +34,18 @@ everything the capture does is inside ``try``. The request path only stamps time
 references: a JSON body is passed on and kept by C code alone (no bytecode per chunk); a stream's
 chunks, one list append each (and, up to the first delta, whose arrival is the TTFT, one to a list
 of arrival times: a ``(chunk, time)`` tuple per chunk cost more); at the end, the request's retry
-count and resource are read, and one flat tuple of times, bytes and the response's header entries
-goes into a bounded buffer, never an object of the call (when it is full the record is dropped and
-counted, never waited for; a body with more than 64 KB kept is cut to what the writer reads first).
-Reading the request's model, picking the response headers wanted, joining and searching the chunks,
-parsing usage, formatting times and JSON encoding happen on a background writer thread, which wakes
-once a second and releases the GIL every few records, so a slow or broken disk neither slows nor
-breaks the application. The spool is append-only JSONL, rotated at ``max_bytes`` into ``path.1 …
-path.{backups}``; one writer thread per path per process; several processes may share a path (each
-batch is one ``O_APPEND`` write, and a writer notices that another rotated the file).
-``spool_stats(path)`` reports records written, dropped, failed and queued, and the writer's CPU.
-Overhead is measured by ``python -m benchmarks capture``.
+count is read (where the SDK put it the last time: one comparison), and one flat tuple of times,
+bytes, the URL's parsed parts and the response's header entries goes into a bounded buffer, never an
+object of the call (when it is full the record is dropped and counted, never waited for; a body with
+more than 64 KB kept is cut to what the writer reads first). Reading the request's model, picking
+the response headers wanted, joining and searching the chunks, parsing usage, formatting times and
+JSON encoding happen on a background writer thread, which wakes once a second and releases the GIL
+every few records, so a slow or broken disk neither slows nor breaks the application. The spool is
+append-only JSONL, rotated at ``max_bytes`` into ``path.1 … path.{backups}``; one writer thread per
+path per process; several processes may share a path (each batch is one ``O_APPEND`` write, and a
+writer notices that another rotated the file). ``spool_stats(path)`` reports records written,
+dropped, failed and queued, and the writer's CPU. Overhead is measured by ``python -m benchmarks
+capture``.
 
 Dependency-light by design: stdlib only at import time (the HTTP library is imported when a
 client is instrumented, and it is the one the application already uses). This file can be
@@ -66,6 +67,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from itertools import chain, filterfalse, islice
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -512,60 +514,85 @@ class _Attempt:
 
     While the call runs, only references are kept (the request, the response's headers, its
     first and last chunks). When it ends, :meth:`_finish` stamps the end and queues a flat
-    tuple of what the record needs (the request's retry count and resource read, the rest
-    kept) for the spool's writer thread, which reads the values out of it (the request's
-    ``model``, five response headers, the kept chunks) and turns them into the record:
+    tuple of what the record needs (the request's retry count read, the rest kept) for the
+    spool's writer thread, which reads the values out of it (the request's ``model``, the
+    resource its URL names, five response headers, the kept chunks) and turns them into the record:
     :func:`_line` for the usual shapes, :func:`_settle` then :func:`_finalize` for any other.
     Subclassed by the stream wrappers (:func:`_stream_classes`), so one object per attempt.
     """
 
-    # Class-level defaults: an attribute set only when it happens costs nothing otherwise.
-    inner: Any = None
-    headers: Any = None
-    status: int | None = None
-    t_head = 0.0
-    ttft = 0.0
-    sse = False
-    cut = False
-    done = False
-
     def __init__(
-        self, spool: Spool, resource: str | None, request: Any, wall: float, t0: float
+        self,
+        spool: Spool,
+        resource: str | None,
+        request: Any,
+        wall: float,
+        t0: float,
+        response: Any = None,
     ) -> None:
+        """Starts watching ``response`` (None: the attempt got none): its body as it streams,
+        or at once a body already read (a mock transport's)."""
         self.spool = spool
         self.resource = resource
         self.request = request
         self.wall = wall
         self.t0 = t0
-        # The first chunks and, apart, when each arrived (0.0: not taken): two flat lists, not a
-        # ``(chunk, time)`` pair per chunk, whose tuples cost a stream ~15 to 25 µs of the
-        # calling thread's CPU in the SDK flow (see ``_SyncObserved``)
+        # Every attribute is set here, always in this order: the instances then share one key
+        # layout and the interpreter reads and writes them by index. Class-level defaults for
+        # those set only when it happens cost more where capture runs, between the SDK's own
+        # work: each read missed the instance, went to the class and, under callgrind's cache
+        # simulation of the replay in ``benchmarks/capture.py``, the type cache missed 23 more
+        # times a call and the L1 caches ~560 more times (the 30 more bytecodes cost less).
         self.head: list[bytes] = []
-        self.times: list[float] = []
-        self.tail: list[bytes] = []
+        # a stream's arrival times and last chunks, lists of their own (``_observed``)
+        self.times: Any = ()
+        self.tail: Any = ()
+        self.inner: Any = None
+        self.headers: Any = None
+        self.status: int | None = None
+        self.t_head = 0.0
+        self.ttft = 0.0
+        self.sse = False
+        self.cut = False
+        self.done = False
+        if response is None:
+            return
+        self.t_head = perf_counter()
+        self.status = response.status_code
+        self.headers = response.headers
+        content = getattr(response, "_content", None)
+        if isinstance(content, bytes):
+            self.head.append(content)  # arrived whole: no time to first token
+            self.times = [0.0]
+            self._finish(True)
+        else:
+            self.inner = response.stream
+            response.stream = self
 
     def _finish(self, complete: bool, error: BaseException | None = None) -> None:
         """The end of the attempt: stamp it and queue its facts for the writer (never raises).
 
-        What is queued is one flat tuple of times, bytes, the request's retry count and resource,
-        the response's header entries (copied to a tuple) and the kept chunks, never the
-        request, the response, their headers objects or this attempt: whatever outlives the call
-        survives the young generations of Python's cyclic GC, is traversed by them and,
-        promoted, hastens full collections of the application's whole heap. Queuing the attempt
-        itself (which holds the request and its URL, headers, extensions and stream) cost more
-        GC time than the writer's own work: ``gc.callbacks`` timings over the replay of
-        ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per JSON call
-        over plain calls, against 6 µs for a tuple. What the tuple keeps alive costs too, GC or
-        not: the memory the application would have reused at once stays taken until the writer
-        runs, so its next allocations land on colder memory. The request's ~20 header entries
-        (~80 objects) and its parsed URL are therefore read here (a loop that stops at the retry
-        count, fifth or so; the resource cache) rather than kept; with them kept, 100 JSON calls
-        of that replay held until a drop cost ~40 against ~15 µs a call dropped at once (GC off
-        or on alike). The response's entries (~30 objects) are still copied, not picked: a dict
-        of them here made the request path ~30 thousand instructions longer (callgrind) and the
-        JSON latency target was missed. The exception goes by name (no traceback waits). A
-        large response or request body is cut (and its model read) here instead, so that the
-        buffer holds only the bytes the writer reads.
+        What is queued is one flat tuple of times, bytes, the request's retry count, its URL's
+        parsed parts (httpx's tuple of strings), the response's header entries (copied to a tuple)
+        and the kept chunks, never the request, the response, their headers objects or this attempt:
+        whatever outlives the call survives the young generations of Python's cyclic GC, is
+        traversed by them and, promoted, hastens full collections of the application's whole heap.
+        Queuing the attempt itself (which holds the request and its URL, headers, extensions and
+        stream) cost more GC time than the writer's own work: ``gc.callbacks`` timings over the
+        replay of ``benchmarks/capture.py``, the buffer drained every 300 calls, gave 53 µs per JSON
+        call over plain calls, against 6 µs for a tuple. What the tuple keeps alive costs too, GC or
+        not: the memory the application would have reused at once stays taken until the writer runs,
+        so its next allocations land on colder memory. The request's ~20 header entries (~80
+        objects) are therefore read here rather than kept (the retry count is looked for where it
+        was found the last time: a loop over the entries up to it cost ~100 bytecodes a call); with
+        them and the URL object kept, 100 JSON calls of that replay held until a drop cost ~40
+        against ~15 µs a call dropped at once (GC off or on alike). The URL's parsed parts are kept,
+        a tuple of strings that the GC stops tracking at its first look, and the writer names the
+        resource from them. The response's entries (~30 objects) are still copied, not picked: a
+        dict of them here made the request path ~30 thousand instructions longer (callgrind) and the
+        JSON latency target was missed. The exception goes by name (no traceback waits). A large
+        response or request body is cut (and its model read) here instead, so that the buffer holds
+        only the bytes the writer reads.
         """
         if self.done:
             return
@@ -579,7 +606,18 @@ class _Attempt:
                 kept += sum(map(len, tail))
             body = getattr(request, "_content", None)  # absent: a streamed upload
             weight = kept + (len(body) if body else 0)
+            listed = getattr(request.headers, "_list", None)
+            if listed is None:
+                retry = _wanted(request.headers, _REQUEST_NAMES)[0]
+            else:  # where the SDK put it last time (it builds its headers in one order)
+                at = _retry_at
+                entry = listed[at] if len(listed) > at else None
+                retry = entry[2] if entry and entry[1] == _RETRY_NAME else _retry_of(listed)
             headers = self.headers
+            if headers is not None:
+                listed = getattr(headers, "_list", None)
+                if listed is not None:
+                    headers = tuple(listed)
             facts = (
                 self.wall,
                 self.t0,
@@ -589,15 +627,15 @@ class _Attempt:
                 self.status,
                 complete,
                 "" if error is None else type(error).__name__,
-                self.resource or _resource_of(request.url),
+                self.resource or getattr(request.url, "_uri_reference", request.url),
                 body,
-                _wanted(request.headers, _REQUEST_NAMES)[0],
+                retry,
                 tuple(head),
                 tuple(self.times),
                 tuple(tail),
                 self.sse,
                 self.cut,
-                None if headers is None else _entries(headers),
+                headers,
             )
             if kept <= _FULL_PARSE_MAX and weight - kept <= _BODY_DEFER_MAX:
                 spool.put(facts, weight)
@@ -606,14 +644,6 @@ class _Attempt:
             spool.put(settled, len(settled.head) + len(settled.tail) + len(settled.body or b""))
         except Exception:  # the application never sees a capture failure
             spool.errors += 1
-
-
-def _entries(headers: Any) -> Any:
-    """httpx/httpx2 response headers as a tuple of their ``(raw name, lowercased name, value)``
-    entries, for the writer to pick from (bytes only: the GC stops tracking such tuples at its
-    first look); another library's headers object as it is."""
-    entries = getattr(headers, "_list", None)
-    return headers if entries is None else tuple(entries)
 
 
 class _SyncObserved(_Attempt):
@@ -656,17 +686,15 @@ class _SyncObserved(_Attempt):
         if first[:1] == b"{":
             head = self.head
             head.append(first)
-            return chain((first,), filterfalse(head.append, chunks), iter(self._ended, None))
+            ended = iter(partial(self._finish, True), None)  # called once, at the body's end
+            return chain((first,), filterfalse(head.append, chunks), ended)
         return self._observed(first, chunks)
-
-    def _ended(self) -> None:
-        """Called once, by the sentinel of :meth:`__iter__`, when a JSON body is exhausted."""
-        self._finish(True)
 
     def _observed(self, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
         head = self.head
-        times = self.times
-        tail = self.tail
+        times: list[float] = []
+        tail: list[bytes] = []
+        self.times, self.tail = times, tail
         try:
             chunks = chain((first,), chunks)
             size = 0
@@ -758,8 +786,9 @@ class _AsyncObserved(_Attempt):
 
     async def __aiter__(self) -> Any:
         head = self.head
-        times = self.times
-        tail = self.tail
+        times: list[float] = []
+        tail: list[bytes] = []
+        self.times, self.tail = times, tail
         try:
             chunks = self.inner.__aiter__()
             size = 0
@@ -818,21 +847,6 @@ def _stream_classes(library: str) -> tuple[type, type]:
         async_cls = type("CapturedAsyncStream", (_AsyncObserved, module.AsyncByteStream), {})
         classes = _STREAM_CLASSES[library] = (sync_cls, async_cls)
     return classes
-
-
-def _observe(attempt: _Attempt, response: Any) -> None:
-    """Watch the body as it streams; a body already read (a mock transport) is seen at once."""
-    attempt.t_head = time.perf_counter()
-    attempt.status = response.status_code
-    attempt.headers = response.headers
-    content = getattr(response, "_content", None)
-    if isinstance(content, bytes):
-        attempt.head.append(content)  # arrived whole: no time to first token
-        attempt.times.append(0.0)
-        attempt._finish(True)
-    else:
-        attempt.inner = response.stream
-        response.stream = attempt
 
 
 # ------------------------------------------------------------------- the writer's side
@@ -982,7 +996,23 @@ def _text(value: bytes | None) -> str | None:
 
 
 #: The SDK's attempt number, from the request's headers.
-_REQUEST_NAMES = (b"x-stainless-retry-count",)
+_RETRY_NAME = b"x-stainless-retry-count"
+_REQUEST_NAMES = (_RETRY_NAME,)
+#: Where in the request's header entries the retry count was found last (the SDK builds its
+#: headers in one order: one comparison finds it there, instead of a loop over the entries).
+_retry_at = 0
+
+
+def _retry_of(entries: Any) -> bytes | None:
+    """The retry count among a request's header entries; where it was found is kept."""
+    global _retry_at
+    for at, entry in enumerate(entries):
+        if entry[1] == _RETRY_NAME:
+            _retry_at = at
+            return entry[2]
+    return None
+
+
 _RESPONSE_NAMES = (
     b"request-id",
     b"apim-request-id",
@@ -1055,7 +1085,7 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
         status,
         complete,
         error,
-        resource,
+        resource if type(resource) is str else _resource_of(resource),
         _text(retry),
         body,
         model,
@@ -1197,6 +1227,8 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     request_id, apim_request_id, region, retry_after, content_type = _wanted(
         headers, _RESPONSE_NAMES
     )
+    if type(resource) is not str:
+        resource = _resource_of(resource)
     second = int(wall)
     cached = _iso_cache
     if cached[0] != second:
@@ -1542,7 +1574,7 @@ class _CaptureTransport:
             _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         try:
-            _observe(self._stream_cls(self.spool, self.resource, request, wall, t0), response)
+            self._stream_cls(self.spool, self.resource, request, wall, t0, response)
         except Exception:
             self.spool.errors += 1
         return response
@@ -1575,7 +1607,7 @@ class _AsyncCaptureTransport:
             _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         try:
-            _observe(self._stream_cls(self.spool, self.resource, request, wall, t0), response)
+            self._stream_cls(self.spool, self.resource, request, wall, t0, response)
         except Exception:
             self.spool.errors += 1
         return response

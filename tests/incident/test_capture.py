@@ -593,6 +593,27 @@ def test_queued_facts_hold_no_object_of_the_call(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
+def test_retry_count_is_read_wherever_the_request_holds_it(tmp_path: Path) -> None:
+    """The request path looks for the SDK's retry count where it found it last; a request that
+    holds it elsewhere, or not at all, still gets its own (the entries are searched then)."""
+    path = tmp_path / "retries.jsonl"
+    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    url = "https://r.services.ai.azure.com/anthropic/v1/messages"
+    before = {"a": "1", "b": "2", "c": "3"}
+    for headers in (
+        {**before, "x-stainless-retry-count": "2"},
+        {**before, "x-stainless-retry-count": "4"},  # where it was found before
+        {"x-stainless-retry-count": "1", **before},  # moved to the front
+        before,  # absent: the slot where it was now holds another header
+        {"x-stainless-retry-count": "3"},
+        {},
+    ):
+        http.post(url, json={"model": "m"}, headers=headers).read()
+    capture.flush(path)
+    assert [rec.get("attempt") for rec in records(path)] == [2, 4, 1, None, 3, None]
+    capture._SPOOLS.pop(str(path)).close()
+
+
 def test_writer_wakes_early_when_a_quarter_of_the_buffer_waits(tmp_path: Path) -> None:
     """The writer sleeps ``interval`` between batches, but a fast application does not fill the
     buffer meanwhile: a quarter of ``queue_size`` waiting wakes it."""
