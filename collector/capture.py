@@ -542,7 +542,7 @@ class _Attempt:
         # those set only when it happens cost more where capture runs, between the SDK's own
         # work: each read missed the instance, went to the class and, under callgrind's cache
         # simulation of the replay in ``benchmarks/capture.py``, the type cache missed 23 more
-        # times a call and the L1 caches ~560 more times (the 30 more bytecodes cost less).
+        # times a call and the L1 caches ~650 more times (the 30 more bytecodes cost less).
         self.head: list[bytes] = []
         # a stream's arrival times and last chunks, lists of their own (``_observed``)
         self.times: Any = ()
