@@ -777,7 +777,10 @@ class _SyncObserved(_Attempt):
             self.inner.close()
         finally:
             if not self.done:  # cut short; httpx closes a body that failed while handling it
-                self._finish(False, sys.exception())
+                error = sys.exception()
+                # the SDK's stream also closes it when its consumer stops reading and the stream
+                # is collected: a generator closed, which is no error
+                self._finish(False, None if isinstance(error, GeneratorExit) else error)
 
 
 class _AsyncObserved(_Attempt):

@@ -402,6 +402,35 @@ def test_stream_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, via, k
     capture._SPOOLS.pop(str(path)).close()
 
 
+def test_stream_left_unread_is_incomplete_without_error(tmp_path: Path) -> None:
+    """A consumer that stops reading an SDK stream, with or without its ``with`` block (the
+    stream then closes the response when it is collected, inside a ``GeneratorExit``): an
+    incomplete attempt, but no error."""
+    events = [_START, _BLOCK, {"type": "ping"}] + [_DELTA] * 60 + [_END, {"type": "message_stop"}]
+    transport = _mock_transport([_sse(event) for event in events], "text/event-stream")
+    path = tmp_path / "left.jsonl"
+    http = capture.instrument(httpx2.Client(transport=transport), spool=path)
+    client = anthropic.AnthropicFoundry(
+        api_key="k", base_url="https://res1.services.ai.azure.com/anthropic/", http_client=http
+    )
+    stream = client.messages.create(model="m1", max_tokens=8, messages=MSG, stream=True)
+    for n, _ in enumerate(stream):
+        if n == 5:
+            break
+    del stream
+    gc.collect()
+    with client.messages.stream(model="m2", max_tokens=8, messages=MSG) as managed:
+        for n, _ in enumerate(managed):
+            if n == 5:
+                break
+    left = records(path)
+    assert [(r["deployment"], r["complete"], r.get("error")) for r in left] == [
+        ("m1", False, None),
+        ("m2", False, None),
+    ]
+    capture._SPOOLS.pop(str(path)).close()
+
+
 def test_json_body_closed_unread_is_incomplete_without_error(tmp_path: Path) -> None:
     path = tmp_path / "unread.jsonl"
     http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
