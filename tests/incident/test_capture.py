@@ -318,8 +318,8 @@ def test_connection_failure_is_recorded_and_raised(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-def _failing_json_transport(after: list[bytes]):
-    """A 200 JSON response whose body breaks after ``after`` (the network dropping mid-body)."""
+def _failing_transport(after: list[bytes], content_type: str = "application/json"):
+    """A 200 response whose body breaks after ``after`` (the network dropping mid-body)."""
 
     class Broken(httpx2.SyncByteStream):
         def __iter__(self):
@@ -327,7 +327,7 @@ def _failing_json_transport(after: list[bytes]):
             raise httpx2.ReadError("connection reset")
 
     def handler(request: httpx2.Request) -> httpx2.Response:
-        headers = {"content-type": "application/json", "apim-request-id": "a-1"}
+        headers = {"content-type": content_type, "apim-request-id": "a-1"}
         return httpx2.Response(200, headers=headers, stream=Broken())
 
     return httpx2.MockTransport(handler)
@@ -338,7 +338,7 @@ def test_json_body_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, aft
     """A JSON body is passed on by C code (no per-chunk hook): the failure is still recorded,
     by name, from the close httpx makes while handling it."""
     path = tmp_path / "broken.jsonl"
-    http = capture.instrument(httpx2.Client(transport=_failing_json_transport(after)), spool=path)
+    http = capture.instrument(httpx2.Client(transport=_failing_transport(after)), spool=path)
     with pytest.raises(httpx2.ReadError):
         http.post(
             "https://res1.services.ai.azure.com/anthropic/v1/messages",
@@ -349,21 +349,6 @@ def test_json_body_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, aft
     assert rec["apim_request_id"] == "a-1" and rec["deployment"] == "claude-x"
     assert "usage" not in rec
     capture._SPOOLS.pop(str(path)).close()
-
-
-def _failing_stream_transport(chunks: list[bytes]):
-    """A 200 event stream that breaks after ``chunks`` (the network dropping mid-stream)."""
-
-    class Broken(httpx2.SyncByteStream):
-        def __iter__(self):
-            yield from chunks
-            raise httpx2.ReadError("connection reset")
-
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        headers = {"content-type": "text/event-stream", "apim-request-id": "a-2"}
-        return httpx2.Response(200, headers=headers, stream=Broken())
-
-    return httpx2.MockTransport(handler)
 
 
 @pytest.mark.parametrize("via", ["sdk", "httpx"])
@@ -379,7 +364,7 @@ def test_stream_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, via, k
     chunks = [_sse(event) for event in events][:kept]
     path = tmp_path / "broken-stream.jsonl"
     http = capture.instrument(
-        httpx2.Client(transport=_failing_stream_transport(chunks)), spool=path
+        httpx2.Client(transport=_failing_transport(chunks, "text/event-stream")), spool=path
     )
     url = "https://res1.services.ai.azure.com/anthropic/"
     with pytest.raises(httpx2.ReadError):
@@ -397,7 +382,7 @@ def test_stream_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path, via, k
                     pass
     (rec,) = records(path)
     assert rec["status"] == 200 and rec["complete"] is False and rec["error"] == "ReadError"
-    assert rec["apim_request_id"] == "a-2" and rec["deployment"] == "claude-x"
+    assert rec["apim_request_id"] == "a-1" and rec["deployment"] == "claude-x"
     assert rec["stream"] is True and ("ttft_ms" in rec) == (kept >= 4)
     capture._SPOOLS.pop(str(path)).close()
 
