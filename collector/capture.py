@@ -879,9 +879,12 @@ _RESOURCES: dict[tuple[Any, Any], str] = {}
 
 
 def _resource_of(url: Any) -> str:
-    """The Foundry resource a URL names (host prefix, or ``/foundry/{name}/`` in the path):
-    ``url`` is an httpx/httpx2 ``URL`` (its parsed parts are read, not its properties, which
-    decode on each access) or any object with ``host`` and ``path``."""
+    """The Foundry resource of an attempt: ``url`` is its name already (given to ``instrument``)
+    or what names it (host prefix, or ``/foundry/{name}/`` in the path): an httpx/httpx2 ``URL``
+    or its parsed parts, as the request path queues them (read, not the ``URL``'s properties,
+    which decode on each access), or any object with ``host`` and ``path``."""
+    if type(url) is str:
+        return url
     url = getattr(url, "_uri_reference", url)
     host = getattr(url, "host", "") or ""
     path = getattr(url, "path", "") or ""
@@ -1081,7 +1084,7 @@ def _settle(queued: tuple[Any, ...]) -> _Facts:
         status,
         complete,
         error,
-        resource if type(resource) is str else _resource_of(resource),
+        _resource_of(resource),
         _text(retry),
         body,
         model,
@@ -1223,8 +1226,7 @@ def _line(queued: tuple[Any, ...], logged: str) -> str | None:
     request_id, apim_request_id, region, retry_after, content_type = _wanted(
         headers, _RESPONSE_NAMES
     )
-    if type(resource) is not str:
-        resource = _resource_of(resource)
+    resource = _resource_of(resource)
     second = int(wall)
     cached = _iso_cache
     if cached[0] != second:
