@@ -430,9 +430,173 @@ def test_json_body_closed_unread_is_incomplete_without_error(tmp_path: Path) -> 
     capture._SPOOLS.pop(str(path)).close()
 
 
+def _sized_transport(cases: dict[str, tuple[str | None, list[bytes], bool]]):
+    """Responses chosen by the request's ``model``: (content type, chunks, whether a
+    ``content-length`` is sent); each kind with its headers in an order of its own."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        content_type, chunks, sized = cases[json.loads(request.content)["model"]]
+        headers = [("request-id", "req_1"), ("apim-request-id", "a-1")]
+        if content_type is not None:
+            headers.insert(len(chunks) % 3, ("content-type", content_type))
+        if sized:
+            headers.insert(len(chunks) % 2, ("content-length", str(sum(map(len, chunks)))))
+        status = 429 if b'"error"' in chunks[0] else 200
+        return httpx2.Response(status, headers=headers, stream=_EitherChunks(chunks))
+
+    return httpx2.MockTransport(handler)
+
+
+class _EitherChunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self):
+        yield from self.chunks
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_small_body_with_a_length_is_read_whole_and_recorded_alike(
+    tmp_path: Path, asynchronous: bool
+) -> None:
+    """A response with a ``content-length`` of at most ``_FULL_PARSE_MAX`` bytes that is not an
+    event stream is read whole by the transport before it returns (the SDK reads such a body
+    whole at once anyway); any other body is passed on as it streams, watched chunk by chunk.
+    Either way the client (sync or async) gets the same bytes and the record says the same."""
+    usage = {
+        "input_tokens": 20,
+        "cache_creation_input_tokens": 3,
+        "cache_read_input_tokens": 7,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 2},
+        "output_tokens": 42,
+    }
+    message = json.dumps({"model": "claude-x", "content": [], "usage": usage}).encode()
+    error = json.dumps({"type": "error", "error": {"type": "rate_limit_error"}}).encode()
+    events = _sse(_START, _BLOCK, _DELTA, _END, {"type": "message_stop"})
+    large = json.dumps({"model": "m", "content": "x" * capture._FULL_PARSE_MAX}).encode()
+    bodies = {
+        "json": ("application/json", [message]),
+        "json-chunks": ("application/json", [message[:9], message[9:50], message[50:]]),
+        "untyped": (None, [message]),
+        "error": ("application/json", [error]),
+        "events": ("text/event-stream", [events[:300], events[300:]]),
+        "large": ("application/json", [large]),
+    }
+    read_whole = {"json", "json-chunks", "untyped", "error"}
+    cases = {}
+    for name, (content_type, chunks) in bodies.items():
+        cases[f"{name}/sized"] = (content_type, chunks, True)
+        cases[f"{name}/unsized"] = (content_type, chunks, False)
+    path = tmp_path / "whole.jsonl"
+    url = "https://res1.services.ai.azure.com/anthropic/v1/messages"
+    kinds = ("CapturedAsyncBody", "CapturedAsyncStream") if asynchronous else None
+    kinds = kinds or ("CapturedBody", "CapturedSyncStream")
+
+    def check(model: str, response: httpx2.Response) -> bool:
+        whole = cases[model][2] and model.split("/")[0] in read_whole
+        assert type(response.stream).__name__ == kinds[0 if whole else 1], model
+        return whole
+
+    if asynchronous:
+
+        async def run() -> None:
+            http = httpx2.AsyncClient(transport=_sized_transport(cases))
+            async with capture.instrument(http, spool=path):
+                for model, (_, chunks, _) in cases.items():  # one client: the kinds alternate
+                    request = http.build_request("POST", url, json={"model": model})
+                    response = await http._transport.handle_async_request(request)
+                    check(model, response)
+                    assert b"".join([c async for c in response.stream]) == b"".join(chunks)
+                    await response.stream.aclose()
+
+        asyncio.run(run())
+    else:
+        http = capture.instrument(httpx2.Client(transport=_sized_transport(cases)), spool=path)
+        for model, (_, chunks, _) in cases.items():
+            request = http.build_request("POST", url, json={"model": model})
+            response = http._transport.handle_request(request)
+            check(model, response)
+            assert b"".join(response.stream) == b"".join(chunks)
+            response.stream.close()
+    capture.flush(path)
+    changing = {"time", "logged", "ttfb_ms", "ttft_ms", "latency_ms"}
+    recorded = {r["deployment"]: r for r in records(path)}
+    assert len(recorded) == len(cases)
+    for name in bodies:
+        sized, unsized = recorded[f"{name}/sized"], recorded[f"{name}/unsized"]
+        assert sized["complete"] is True and ("ttft_ms" in sized) == (name == "events")
+        assert {k: v for k, v in sized.items() if k not in changing} == {
+            k: (name + "/sized" if k == "deployment" else v)
+            for k, v in unsized.items()
+            if k not in changing
+        }, name
+    assert recorded["json/sized"]["usage"]["ephemeral_1h_input_tokens"] == 2
+    assert recorded["error/sized"]["error_type"] == "rate_limit_error"
+    capture._SPOOLS.pop(str(path)).close()
+
+
+def test_body_read_whole_failing_mid_read_is_an_incomplete_attempt(tmp_path: Path) -> None:
+    """A body read whole by the transport that breaks mid-read (sync and async clients): the
+    error reaches the application as it would have, and the attempt is recorded with its status,
+    its ids and the error's name."""
+    after = [b'{"id":', b'"msg_1",']
+
+    class Broken(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+        closed = 0
+
+        def __iter__(self):
+            yield from after
+            raise httpx2.ReadError("connection reset")
+
+        async def __aiter__(self):
+            for chunk in after:
+                yield chunk
+            raise httpx2.ReadError("connection reset")
+
+        def close(self) -> None:
+            Broken.closed += 1
+
+        async def aclose(self) -> None:
+            Broken.closed += 1
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "application/json", "content-length": "500"}
+        return httpx2.Response(200, headers={**headers, "apim-request-id": "a-1"}, stream=Broken())
+
+    path = tmp_path / "broken-whole.jsonl"
+    url = "https://res1.services.ai.azure.com/anthropic/v1/messages"
+    body = {"model": "claude-x", "max_tokens": 1, "messages": []}
+    http = capture.instrument(httpx2.Client(transport=httpx2.MockTransport(handler)), spool=path)
+    with pytest.raises(httpx2.ReadError):
+        http.post(url, json=body)
+
+    async def run() -> None:
+        transport = httpx2.MockTransport(handler)
+        async with capture.instrument(httpx2.AsyncClient(transport=transport), spool=path) as c:
+            with pytest.raises(httpx2.ReadError):
+                await c.post(url, json=body)
+
+    asyncio.run(run())
+    assert Broken.closed >= 2  # the connection is given back
+    for rec in records(path):
+        assert rec["status"] == 200 and rec["complete"] is False and rec["error"] == "ReadError"
+        assert rec["apim_request_id"] == "a-1" and rec["deployment"] == "claude-x"
+        assert "usage" not in rec
+    assert len(records(path)) == 2
+    capture._SPOOLS.pop(str(path)).close()
+
+
 # ------------------------------------------------------------ the parsers, byte by byte
-def _mock_transport(chunks: list[bytes] | None = None, content_type: str = "application/json"):
+def _mock_transport(
+    chunks: list[bytes] | None = None, content_type: str = "application/json", sized: bool = False
+):
+    """``sized``: with a ``content-length`` (then a small JSON body is read whole by capture)."""
     body = chunks or [b'{"usage":{"input_tokens":1,"output_tokens":2}}']
+    length = {"content-length": str(sum(map(len, body)))} if sized else {}
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(
@@ -441,6 +605,7 @@ def _mock_transport(chunks: list[bytes] | None = None, content_type: str = "appl
                 "content-type": content_type,
                 "request-id": "req_0123456789abcdef",
                 "apim-request-id": str(uuid.uuid4()),
+                **length,
             },
             stream=httpx2.ByteStream(b"".join(body)) if len(body) == 1 else _Chunks(body),
         )
@@ -658,11 +823,13 @@ def test_queued_facts_hold_no_object_of_the_call(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-def test_retry_count_is_read_wherever_the_request_holds_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sized", [False, True])
+def test_retry_count_is_read_wherever_the_request_holds_it(tmp_path: Path, sized: bool) -> None:
     """The request path looks for the SDK's retry count where it found it last; a request that
-    holds it elsewhere, or not at all, still gets its own (the entries are searched then)."""
+    holds it elsewhere, or not at all, still gets its own (the entries are searched then), for
+    a body watched as it streams and for one read whole alike."""
     path = tmp_path / "retries.jsonl"
-    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport(sized=sized)), spool=path)
     url = "https://r.services.ai.azure.com/anthropic/v1/messages"
     before = {"a": "1", "b": "2", "c": "3"}
     for headers in (
@@ -756,18 +923,20 @@ def test_async_stream_split_at_every_byte(tmp_path: Path) -> None:
     capture._SPOOLS.pop(str(path)).close()
 
 
-def test_large_request_body_is_not_held_for_the_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sized", [False, True])
+def test_large_request_body_is_not_held_for_the_writer(tmp_path: Path, sized: bool) -> None:
     """A request body above the deferral size has its ``model`` read at once, not kept."""
     path = tmp_path / "big-request.jsonl"
     spool = _held_back(path)
-    http = capture.instrument(httpx2.Client(transport=_mock_transport()), spool=path)
+    http = capture.instrument(httpx2.Client(transport=_mock_transport(sized=sized)), spool=path)
     prompt = "p" * (capture._BODY_DEFER_MAX + 1000)
     payload = {"max_tokens": 5, "messages": [{"role": "user", "content": prompt}], "model": "big"}
     http.post("https://r.services.ai.azure.com/anthropic/v1/messages", json=payload)
     assert spool._held < 1000  # the response only
     _release(spool)
     (rec,) = records(path)
-    assert rec["deployment"] == "big"
+    assert rec["deployment"] == "big" and rec["complete"] is True
+    assert rec["usage"] == {"input_tokens": 1, "output_tokens": 2}
     capture._SPOOLS.pop(str(path)).close()
 
 
