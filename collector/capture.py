@@ -31,10 +31,10 @@ bytes only for ``usage`` and the error type.
 
 Never in the way: everything the capture does is inside ``try``, and the request path only stamps
 times and keeps references. A JSON answer or error with a ``content-length`` of at most 64 KB (any
-body so announced that is not an event stream) is read whole by the transport before it returns,
-as the SDK reads it at once anyway, and handed on as the tuple of its chunks: no wrapper object,
-iterator or close hook per call (it cut the calling thread's CPU per JSON call against the
-emulator by 9 to 13 µs, of 22 to 31; its record says ``complete`` when the body arrived whole, read by the
+body so announced that is not an event stream) is read whole by the transport before it returns, as
+the SDK reads it at once anyway, and handed on as the tuple of its chunks: no wrapper object,
+iterator or close hook per call (it cut the calling thread's CPU per JSON call against the emulator
+by 9 to 13 µs, of 22 to 31; its record says ``complete`` when the body arrived whole, read by the
 application or not). Any other response stream is passed through chunk by chunk (observed, not
 buffered): a JSON body is passed on and kept by C code alone (no bytecode per chunk); a stream's
 chunks, one list append each (and, up to the first delta, whose arrival is the TTFT, one to a list
