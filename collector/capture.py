@@ -1586,8 +1586,9 @@ class _CaptureTransport:
         The usual case is written out in this one function (the async twin and anything unusual
         go through :func:`_small_body` and :func:`_read_whole`, which do the same): split into
         those two functions, the calling thread's CPU per JSON call against the emulator was
-        ~6 µs higher (``benchmarks/capture.py``'s live flow, same process, alternated: +13 and +9
-        against +21 and +18 µs over plain calls), as each call of a function runs cold there.
+        ~6 µs higher in two runs each, an hour apart (``benchmarks/capture.py``'s live flow:
+        +21 and +18 against +13 and +9 µs over plain calls; the run-to-run noise is ~5 µs), as
+        each call of a function runs cold there.
         """
         global _type_at, _length_at
         wall, t0 = time.time(), perf_counter()
