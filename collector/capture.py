@@ -1586,7 +1586,7 @@ class _CaptureTransport:
         The usual case is written out in this one function (the async twin and anything unusual
         go through :func:`_small_body` and :func:`_read_whole`, which do the same): split into
         those two functions, the calling thread's CPU per JSON call against the emulator was
-        ~6 µs higher in two runs each, an hour apart (``benchmarks/capture.py``'s live flow:
+        ~6 µs higher in two runs each, one after the other (``benchmarks/capture.py``'s live flow:
         +21 and +18 against +13 and +9 µs over plain calls; the run-to-run noise is ~5 µs), as
         each call of a function runs cold there.
         """
