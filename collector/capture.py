@@ -574,7 +574,7 @@ class _Attempt:
             self.inner = response.stream
             response.stream = self
 
-    def _finish(self, complete: bool, error: BaseException | None = None) -> None:
+    def _finish(self, complete: bool, error: BaseException | None = None, end: float = 0.0) -> None:
         """The end of the attempt: stamp it and queue its facts for the writer (never raises).
 
         What is queued is one flat tuple of times, bytes, the request's retry count, its URL's
@@ -602,7 +602,7 @@ class _Attempt:
         if self.done:
             return
         self.done = True
-        t_end = perf_counter()
+        t_end = end or perf_counter()  # (``end``: a body read whole, its end stamped then)
         spool = self.spool
         try:
             head, tail, request = self.head, self.tail, self.request
@@ -1583,12 +1583,14 @@ class _CaptureTransport:
     def handle_request(self, request: Any) -> Any:
         """The attempt, its response and, for the usual JSON answer or error, its body read whole.
 
-        The usual case is written out in this one function (the async twin and anything unusual
-        go through :func:`_small_body` and :func:`_read_whole`, which do the same): split into
-        those two functions, the calling thread's CPU per JSON call against the emulator was
-        ~6 µs higher in two runs each, one after the other (``benchmarks/capture.py``'s live flow:
-        +21 and +18 against +13 and +9 µs over plain calls; the run-to-run noise is ~5 µs), as
-        each call of a function runs cold there.
+        The usual case is written out in this one function: the header check that
+        :func:`_small_body` makes for the async twin, and the queued tuple that
+        :meth:`_Attempt._finish` builds (the async twin and the unusual requests go through an
+        attempt object, :func:`_read_whole`). With the check and the queuing in two functions of
+        their own, the calling thread's CPU per JSON call against the emulator was ~6 µs higher
+        in two runs each, one after the other (``benchmarks/capture.py``'s live flow: +21 and +18
+        against +13 and +9 µs over plain calls; the run-to-run noise is ~5 µs), as each call of a
+        function runs cold there.
         """
         global _type_at, _length_at
         wall, t0 = time.time(), perf_counter()
@@ -1808,47 +1810,16 @@ def _read_whole(
     t_head: float,
     t_end: float,
 ) -> None:
-    """Queues the attempt whose body was read whole (the tuple :meth:`_Attempt._finish` queues,
-    built here without an attempt object); never raises."""
+    """Queues an attempt whose body was read whole through an attempt object: the async
+    client's, and the sync client's unusual requests (a streamed upload, a large body; its usual
+    ones are queued by :meth:`_CaptureTransport.handle_request` itself); never raises."""
     spool = transport.spool
     try:
-        body = getattr(request, "_content", None)
-        entries = getattr(request.headers, "_list", None)
-        if entries is not None and (not body or len(body) <= _BODY_DEFER_MAX):
-            at = _retry_at
-            entry = entries[at] if len(entries) > at else None
-            retry = entry[2] if entry and entry[1] == _RETRY_NAME else _retry_of(entries)
-            url = request.url
-            spool.put(
-                (
-                    wall,
-                    t0,
-                    t_head,
-                    0.0,
-                    t_end,
-                    response.status_code,
-                    True,
-                    "",
-                    transport.resource or getattr(url, "_uri_reference", url),
-                    body,
-                    retry,
-                    head,
-                    (),
-                    (),
-                    False,
-                    False,
-                    tuple(response.headers._list),
-                ),
-                (len(head[0]) if len(head) == 1 else sum(map(len, head)))
-                + (len(body) if body else 0),
-            )
-            return
-        # another kind of request: the attempt object's general way
         attempt = transport._stream_cls(spool, transport.resource, request, wall, t0)
         attempt.t_head, attempt.status = t_head, response.status_code
         attempt.headers = response.headers
         attempt.head.extend(head)
-        attempt._finish(True)  # (its end stamped now, a few µs after ``t_end``)
+        attempt._finish(True, end=t_end)
     except Exception:
         spool.errors += 1
 
