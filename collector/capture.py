@@ -1583,16 +1583,14 @@ class _CaptureTransport:
     def handle_request(self, request: Any) -> Any:
         """The attempt, its response and, for the usual JSON answer or error, its body read whole.
 
-        The usual case is written out in this one function: the header check that
-        :func:`_small_body` makes for the async twin, and the queued tuple that
-        :meth:`_Attempt._finish` builds (the async twin and the unusual requests go through an
-        attempt object, :func:`_read_whole`). With the check and the queuing in two functions of
-        their own, the calling thread's CPU per JSON call against the emulator was ~6 µs higher
-        in two runs each, one after the other (``benchmarks/capture.py``'s live flow: +21 and +18
-        against +13 and +9 µs over plain calls; the run-to-run noise is ~5 µs), as each call of a
-        function runs cold there.
+        The usual case's queued tuple (the one :meth:`_Attempt._finish` builds) is written out
+        here, without an attempt object (the async twin and the unusual requests go through one,
+        :func:`_read_whole`): with the queuing in a function of its own too, the calling thread's
+        CPU per JSON call against the emulator was ~6 µs higher in two runs each, one after the
+        other (``benchmarks/capture.py``'s live flow: +21 and +18 against +13 and +9 µs over plain
+        calls; the run-to-run noise is ~5 µs), as each call of a function runs cold there. The
+        header check alone in a function (:func:`_small_body`) measured within that noise.
         """
-        global _type_at, _length_at
         wall, t0 = time.time(), perf_counter()
         try:
             response = self.inner.handle_request(request)
@@ -1600,24 +1598,7 @@ class _CaptureTransport:
             _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         t_head = perf_counter()
-        try:  # _small_body(response), inline
-            entries = response.headers._list
-            at = _type_at
-            entry = entries[at] if len(entries) > at else None
-            if entry is None or entry[1] != b"content-type":
-                at, entry = _entry_of(entries, b"content-type")
-                _type_at = at
-            whole = entry is None or entry[2].find(b"event-stream") < 0
-            if whole:
-                at = _length_at
-                entry = entries[at] if len(entries) > at else None
-                if entry is None or entry[1] != b"content-length":
-                    at, entry = _entry_of(entries, b"content-length")
-                    _length_at = at
-                length = entry[2] if entry is not None else b""
-                whole = len(length) <= 6 and length.isdigit() and int(length) <= _FULL_PARSE_MAX
-        except Exception:  # not httpx's headers: the stream wrapper watches it
-            whole = False
+        whole = _small_body(response)
         if not whole:
             try:
                 self._stream_cls(self.spool, self.resource, request, wall, t0, response)
@@ -1662,7 +1643,7 @@ class _CaptureTransport:
                         (),
                         False,
                         False,
-                        tuple(entries),
+                        tuple(response.headers._list),
                     ),
                     (len(head[0]) if len(head) == 1 else sum(map(len, head))) + len(body),
                 )
