@@ -1598,8 +1598,7 @@ class _CaptureTransport:
             _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc)
             raise
         t_head = perf_counter()
-        whole = _small_body(response)
-        if not whole:
+        if not _small_body(response):
             try:
                 self._stream_cls(self.spool, self.resource, request, wall, t0, response)
             except Exception:
@@ -1610,15 +1609,14 @@ class _CaptureTransport:
             head = tuple(stream)
             stream.close()
         except BaseException as exc:
-            spool, resource = self.spool, self.resource
-            _failed(self._stream_cls, spool, resource, request, wall, t0, exc, response)
+            _failed(self._stream_cls, self.spool, self.resource, request, wall, t0, exc, response)
             with contextlib.suppress(Exception):
                 stream.close()
             raise
         t_end = perf_counter()
         response.stream = self._whole_cls(head)
         spool = self.spool
-        try:  # _read_whole(...), inline for the usual request
+        try:  # the usual request, queued here (any other: _read_whole)
             body = request._content
             requested = request.headers._list
             if len(body) <= _BODY_DEFER_MAX:

@@ -442,21 +442,9 @@ def _sized_transport(cases: dict[str, tuple[str | None, list[bytes], bool]]):
         if sized:
             headers.insert(len(chunks) % 2, ("content-length", str(sum(map(len, chunks)))))
         status = 429 if b'"error"' in chunks[0] else 200
-        return httpx2.Response(status, headers=headers, stream=_EitherChunks(chunks))
+        return httpx2.Response(status, headers=headers, stream=_Chunks(chunks))
 
     return httpx2.MockTransport(handler)
-
-
-class _EitherChunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    def __iter__(self):
-        yield from self.chunks
-
-    async def __aiter__(self):
-        for chunk in self.chunks:
-            yield chunk
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
@@ -613,12 +601,16 @@ def _mock_transport(
     return httpx2.MockTransport(handler)
 
 
-class _Chunks(httpx2.SyncByteStream):
+class _Chunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
 
     def __iter__(self):
         yield from self.chunks
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
 
 
 def test_sse_split_at_every_byte(tmp_path: Path) -> None:
