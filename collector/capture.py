@@ -1021,11 +1021,19 @@ _retry_at = 0
 def _retry_of(entries: Any) -> bytes | None:
     """The retry count among a request's header entries; where it was found is kept."""
     global _retry_at
+    at, entry = _entry_of(entries, _RETRY_NAME)
+    if entry is None:
+        return None
+    _retry_at = at
+    return entry[2]
+
+
+def _entry_of(entries: Any, name: bytes) -> tuple[int, Any]:
+    """The first header entry named ``name`` (lowercase) and its place; ``(0, None)``: none."""
     for at, entry in enumerate(entries):
-        if entry[1] == _RETRY_NAME:
-            _retry_at = at
-            return entry[2]
-    return None
+        if entry[1] == name:
+            return at, entry
+    return 0, None
 
 
 _RESPONSE_NAMES = (
@@ -1769,14 +1777,6 @@ def _small_body(response: Any) -> bool:
         return len(length) <= 6 and length.isdigit() and int(length) <= _FULL_PARSE_MAX
     except Exception:  # not httpx's headers: the stream wrapper watches it
         return False
-
-
-def _entry_of(entries: Any, name: bytes) -> tuple[int, Any]:
-    """The first header entry named ``name`` (lowercase) and its place; ``(0, None)``: none."""
-    for at, entry in enumerate(entries):
-        if entry[1] == name:
-            return at, entry
-    return 0, None
 
 
 def _read_whole(
